@@ -1,0 +1,3 @@
+from atendeai_ctl.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Thin Typer adapters: parse, call the library, render."""

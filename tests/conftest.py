@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole run."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(pg: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database per test (superuser URL)."""
+    name = pg.create_database()
+    yield pg.url(name)
+    pg.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_srv() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_srv: RedisServer) -> Iterator[str]:
+    import redis
+
+    url = redis_srv.url()
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    yield url
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated ATENDEAI_STATE_DIR, so tests never touch the operator's secrets."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("ATENDEAI_STATE_DIR", str(path))
+    for key in list(os.environ):
+        if (
+            key.startswith("ATENDEAI_")
+            and key != "ATENDEAI_STATE_DIR"
+            and not key.startswith("ATENDEAI_TEST_")
+        ):
+            monkeypatch.delenv(key)
+    return path
