@@ -1,0 +1,123 @@
+"""Alembic environment of the `atendeai` schema.
+
+Two ways in: `atendeai migrate ...` builds the Alembic Config in code and passes the URL and the
+app role's password in `config.attributes`; a plain `alembic` command run in the project dir
+reads the URL from `-x url=...` or ATENDEAI_DATABASE_URL and the password from
+ATENDEAI_APP_DB_PASSWORD. Either way the same safety applies:
+
+- a session-level advisory lock around the whole run, so a second concurrent run waits and
+  then finds nothing to do (Alembic reads the current revision after the lock is held);
+- one transaction per migration, so a failing migration leaves the schema exactly as the
+  previous one left it;
+- a lock_timeout for the DDL, so a migration stuck behind a long transaction fails instead of
+  queueing every other query on that table behind its own lock request.
+"""
+
+from __future__ import annotations
+
+import os
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import Connection, MetaData, create_engine, pool, text
+
+from atendeai_ctl.db.connect import CONNECT_TIMEOUT, sqlalchemy_url
+from atendeai_ctl.db.roles import ROLE_EXISTS_SQL, set_password_sql
+
+SCHEMA = "atendeai"
+LOCK_KEY = 0x6174656E64656169  # b"atendeai" as a bigint, the same in every database
+LOCK_WAIT = os.environ.get("ATENDEAI_MIGRATION_LOCK_WAIT", "10min")
+DDL_LOCK_TIMEOUT = os.environ.get("ATENDEAI_MIGRATION_LOCK_TIMEOUT", "15s")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+target_metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
+
+config = context.config
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+COMMON_OPTIONS = {
+    "target_metadata": target_metadata,
+    "version_table_schema": SCHEMA,
+    "transaction_per_migration": True,
+    "include_schemas": True,
+}
+
+
+def database_url() -> str | None:
+    url = (
+        config.attributes.get("url")
+        or context.get_x_argument(as_dictionary=True).get("url")
+        or os.environ.get("ATENDEAI_DATABASE_URL")
+        or config.get_main_option("sqlalchemy.url")
+    )
+    return sqlalchemy_url(url) if url else None
+
+
+def app_password() -> str | None:
+    """From the caller when it says (even None); else the environment, for plain `alembic`."""
+    if "app_db_password" in config.attributes:
+        password = config.attributes["app_db_password"]
+        return str(password) if password else None
+    return os.environ.get("ATENDEAI_APP_DB_PASSWORD") or None
+
+
+def run_migrations_offline() -> None:
+    """Print the SQL, locks included, for a DBA to run with psql; nothing is executed."""
+    url = database_url()
+    context.configure(
+        url=url,
+        dialect_name=None if url else "postgresql",
+        literal_binds=True,
+        **COMMON_OPTIONS,
+    )
+    context.execute(f"SELECT pg_advisory_lock({LOCK_KEY})")
+    context.execute(f"SET lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+    context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    with context.begin_transaction():
+        context.run_migrations()
+    context.execute(f"SELECT pg_advisory_unlock({LOCK_KEY})")
+
+
+def set_app_password(connection: Connection) -> None:
+    """Give atendeai_app its generated password, once the role exists."""
+    password = app_password()
+    has_role = connection.execute(text(ROLE_EXISTS_SQL)).first() is not None
+    if password and has_role:
+        connection.exec_driver_sql(set_password_sql(password))
+    connection.commit()
+    config.attributes["app_password_set"] = bool(password and has_role)
+    config.attributes["app_role_exists"] = has_role
+
+
+def run_migrations_online() -> None:
+    url = database_url()
+    if url is None:
+        raise SystemExit("no database URL: pass -x url=... or set ATENDEAI_DATABASE_URL")
+    engine = create_engine(
+        url, poolclass=pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT}
+    )
+    # NullPool: closing the connection ends the session, which releases the advisory lock
+    # on every exit path, a crash of this process included.
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_WAIT}'")
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({LOCK_KEY})")
+        connection.exec_driver_sql(f"SET lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+        connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        connection.commit()
+        context.configure(connection=connection, **COMMON_OPTIONS)
+        with context.begin_transaction():
+            context.run_migrations()
+        set_app_password(connection)
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,1 @@
+"""The platform database: schema migrations (Alembic), backups, connections."""
