@@ -60,3 +60,87 @@ def error(err: AtendeaiError, *, as_json: bool) -> None:
         Console(stderr=True).print(f"[bold red]Error:[/] {escape(line[len('Error: ') :])}")
     else:
         info(line)
+
+
+def confirm(question: str, *, yes: bool) -> None:
+    """Go on only with --yes or an explicit 'y' at a terminal; refuse in scripts without --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise AtendeaiError("refused", f"{question} needs confirmation", "pass --yes")
+    import typer
+
+    if not typer.confirm(question, default=False, err=True):
+        raise AtendeaiError("refused", "cancelled", None)
+
+
+class LiveProgress:
+    """Per-service lines (waiting / starting / healthy, elapsed seconds) and pull/build bars.
+
+    On a terminal it redraws in place; otherwise each change is one plain line on stderr.
+    """
+
+    def __init__(self, services: Sequence[str], *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.rows: dict[str, tuple[str, float, str]] = {s: ("pending", 0.0, "") for s in services}
+        self.fancy = enabled and fancy(sys.stderr)
+        self._live: Any = None
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._last_line: dict[str, str] = {}
+
+    def __enter__(self) -> LiveProgress:
+        if self.fancy:
+            from rich.console import Console, Group
+            from rich.live import Live
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            self._bars = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True
+            )
+            self._group = Group
+            self._live = Live(
+                self._render(), console=Console(stderr=True), refresh_per_second=8, transient=False
+            )
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.__exit__(*exc)
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        icons = {"healthy": "[green]✔[/]", "started": "[green]✔[/]", "completed": "[green]✔[/]",
+                 "failed": "[red]✘[/]"}  # fmt: skip
+        for name, (phase, elapsed, detail) in self.rows.items():
+            mark = icons.get(phase, "[yellow]…[/]")
+            table.add_row(mark, name, phase, f"{elapsed:5.1f}s", detail)
+        return self._group(self._bars, table) if self._tasks else table
+
+    def event(self, service: str, phase: str, elapsed: float, detail: str) -> None:
+        if not self.enabled:
+            return
+        self.rows[service] = (phase, elapsed, detail)
+        if self._live is not None:
+            self._live.update(self._render())
+        else:
+            info(f"{service}: {phase}{' ' + detail if detail else ''} ({elapsed:.1f}s)")
+
+    def progress(
+        self, topic: str, message: str, completed: float | None, total: float | None
+    ) -> None:
+        if not self.enabled:
+            return
+        if self._live is not None:
+            task = self._tasks.get(topic)
+            if task is None:
+                task = self._tasks[topic] = self._bars.add_task(topic, total=total)
+            self._bars.update(task, completed=completed or 0, total=total)
+            self._live.update(self._render())
+        elif self._last_line.get(topic) != message and total is None:
+            self._last_line[topic] = message
+            info(f"{topic}: {message}")

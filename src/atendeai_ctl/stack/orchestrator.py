@@ -1,0 +1,262 @@
+"""up / down / status over any Runtime: dependency order, parallel starts, active readiness.
+
+Each service gets a thread: its container is created at once (in parallel with the others),
+started as soon as its own `depends_on` conditions hold, and probed actively until ready, so
+time-to-healthy is close to the services' own start time rather than a healthcheck interval.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from atendeai_ctl.errors import AtendeaiError
+from atendeai_ctl.stack.graph import dependents
+from atendeai_ctl.stack.runtime import Progress, Runtime, ServiceStatus
+from atendeai_ctl.stack.spec import Service, StackSpec
+
+Phase = Literal["creating", "waiting", "starting", "healthy", "started", "completed", "failed"]
+OnEvent = Callable[[str, Phase, float, str], None]
+"""(service, phase, seconds since up began, detail)."""
+
+LOG_LINES = 30
+
+
+@dataclass
+class Failure:
+    service: str
+    reason: str
+    health_output: str = ""
+    exit_code: int | None = None
+    logs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "reason": self.reason,
+            "health_output": self.health_output,
+            "exit_code": self.exit_code,
+            "logs": self.logs,
+        }
+
+
+@dataclass
+class ServiceResult:
+    name: str
+    action: str = "unchanged"  # created / recreated / unchanged
+    result: str = "skipped"  # healthy / started / completed / failed / skipped
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "action": self.action,
+            "result": self.result,
+            "seconds": None if self.seconds is None else round(self.seconds, 2),
+        }
+
+
+@dataclass
+class UpReport:
+    project: str
+    runtime: str
+    services: list[ServiceResult]
+    seconds: float
+    failure: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema": 1,
+            "project": self.project,
+            "runtime": self.runtime,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 2),
+            "services": [s.to_dict() for s in self.services],
+            "failure": self.failure.to_dict() if self.failure else None,
+        }
+
+
+@dataclass
+class StatusReport:
+    project: str
+    runtime: str
+    services: list[ServiceStatus]
+    one_shot: frozenset[str] = frozenset()
+
+    def healthy(self, status: ServiceStatus) -> bool:
+        if status.name in self.one_shot:
+            return status.state == "exited" and status.exit_code == 0
+        return status.state == "running" and status.health in ("healthy", "none")
+
+    @property
+    def ok(self) -> bool:
+        return all(self.healthy(s) for s in self.services)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema": 1,
+            "project": self.project,
+            "runtime": self.runtime,
+            "services": [s.to_dict() for s in self.services],
+        }
+
+
+def one_shot_services(spec: StackSpec) -> frozenset[str]:
+    """Jobs that run to completion (others wait for service_completed_successfully)."""
+    return frozenset(
+        name
+        for name in spec.services
+        if "service_completed_successfully" in dependents(spec, name).values()
+    )
+
+
+class _Up:
+    def __init__(
+        self, spec: StackSpec, runtime: Runtime, timeout: float, on_event: OnEvent
+    ) -> None:
+        self.spec, self.runtime, self.timeout, self.on_event = spec, runtime, timeout, on_event
+        self.t0 = time.monotonic()
+        self.started = {name: threading.Event() for name in spec.services}
+        self.ready = {name: threading.Event() for name in spec.services}
+        self.abort = threading.Event()
+        self.results = {name: ServiceResult(name) for name in spec.services}
+        self.one_shot = one_shot_services(spec)
+        self.failure: Failure | None = None
+        self.lock = threading.Lock()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def emit(self, service: str, phase: Phase, detail: str = "") -> None:
+        self.on_event(service, phase, self.elapsed(), detail)
+
+    def fail(self, service: Service, reason: str, health_output: str = "") -> None:
+        with self.lock:
+            if self.failure is None:
+                status = self.runtime.inspect(service)
+                try:
+                    raw = b"".join(self.runtime.logs(service.name, tail=LOG_LINES, follow=False))
+                    logs = raw.decode(errors="replace").splitlines()[-LOG_LINES:]
+                except AtendeaiError:
+                    logs = []
+                self.failure = Failure(service.name, reason, health_output, status.exit_code, logs)
+            self.results[service.name].result = "failed"
+            self.abort.set()
+        self.emit(service.name, "failed", reason)
+
+    def wait_for_dependencies(self, service: Service) -> bool:
+        for dep, condition in service.depends_on:
+            event = self.started[dep] if condition == "service_started" else self.ready[dep]
+            if not event.is_set():
+                self.emit(
+                    service.name, "waiting", f"for {dep} ({condition.removeprefix('service_')})"
+                )
+            while not event.wait(0.05):
+                if self.abort.is_set():
+                    return False
+            if self.abort.is_set():
+                return False
+        return True
+
+    def run(self, name: str) -> None:
+        service = self.spec.services[name]
+        result = self.results[name]
+        try:
+            self.emit(name, "creating")
+            result.action = self.runtime.ensure(self.spec, service)
+            if not self.wait_for_dependencies(service):
+                return
+            status = self.runtime.inspect(service)
+            if status.state != "running" or name in self.one_shot:
+                self.emit(name, "starting")
+                self.runtime.start(service)
+            self.started[name].set()
+            self.await_ready(service)
+        except AtendeaiError as exc:
+            self.fail(service, exc.message)
+        except Exception as exc:  # an engine error mid-way must still end in a report
+            self.fail(service, f"{type(exc).__name__}: {exc}")
+
+    def await_ready(self, service: Service) -> None:
+        one_shot = service.name in self.one_shot
+        probing = service.healthcheck is not None and not one_shot
+        deadline = time.monotonic() + self.timeout
+        delay, output, tick = 0.05, "", 0
+        while not self.abort.is_set():
+            # Probing is the fast path; the container's own state is read every few rounds,
+            # so a crash fails at once instead of at the timeout.
+            if (not probing or tick % 4 == 0) and self.settled_by_state(service, output):
+                return
+            if probing:
+                probe = self.runtime.probe(service)
+                if probe.ok:
+                    return self.done(service, "healthy")
+                output = probe.output or output
+            if time.monotonic() > deadline:
+                return self.fail(service, f"not ready after {self.timeout:g}s (--timeout)", output)
+            time.sleep(delay)
+            delay, tick = min(delay * 1.5, 0.5), tick + 1
+
+    def settled_by_state(self, service: Service, output: str) -> bool:
+        status = self.runtime.inspect(service)
+        one_shot = service.name in self.one_shot
+        if status.state in ("exited", "dead"):
+            if one_shot and status.exit_code == 0:
+                self.done(service, "completed")
+                return True
+            if one_shot or service.restart == "no" or status.state == "dead":
+                self.fail(service, f"exited with code {status.exit_code}", output)
+                return True
+        elif status.state == "running" and service.healthcheck is None and not one_shot:
+            self.done(service, "started")
+            return True
+        return False
+
+    def done(self, service: Service, result: Phase) -> None:
+        self.results[service.name].result = result
+        self.results[service.name].seconds = self.elapsed()
+        self.ready[service.name].set()
+        self.emit(service.name, result)
+
+
+def up(
+    spec: StackSpec,
+    runtime: Runtime,
+    *,
+    project: str,
+    timeout: float = 120.0,
+    on_event: OnEvent | None = None,
+    progress: Progress | None = None,
+) -> UpReport:
+    """Bring every service up and ready. Raises for what fails before anything starts."""
+    runtime.preflight(spec, progress or (lambda *_: None))
+    runtime.prepare(spec)
+    run = _Up(spec, runtime, timeout, on_event or (lambda *_: None))
+    with ThreadPoolExecutor(max_workers=max(1, len(spec.services))) as pool:
+        list(pool.map(run.run, spec.services))
+    return UpReport(
+        project,
+        runtime.name,
+        [run.results[name] for name in spec.services],
+        run.elapsed(),
+        run.failure,
+    )
+
+
+def status(spec: StackSpec, runtime: Runtime, *, project: str) -> StatusReport:
+    """What runs now. A 'starting' health is settled by probing once, not by waiting."""
+    services = []
+    for service in spec.services.values():
+        current = runtime.inspect(service)
+        if current.state == "running" and current.health == "starting":
+            current.health = "healthy" if runtime.probe(service).ok else "starting"
+        services.append(current)
+    return StatusReport(project, runtime.name, services, one_shot_services(spec))

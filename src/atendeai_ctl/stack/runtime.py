@@ -1,0 +1,85 @@
+"""The small interface both runtimes (Docker, local processes) implement.
+
+The orchestrator only speaks this interface, so dependency order, readiness and reporting
+are written once and behave the same on both runtimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from atendeai_ctl.stack.spec import Service, StackSpec
+
+State = Literal["running", "exited", "created", "restarting", "paused", "missing", "dead"]
+Health = Literal["healthy", "unhealthy", "starting", "none"]
+EnsureResult = Literal["created", "recreated", "unchanged"]
+
+
+@dataclass
+class PublishedPort:
+    host: str
+    port: int
+    target: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "target": self.target}
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    state: State
+    health: Health = "none"
+    ports: list[PublishedPort] = field(default_factory=list)
+    id: str | None = None  # container id, or pid for the local runtime
+    started_at: str | None = None
+    exit_code: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "health": self.health,
+            "ports": [p.to_dict() for p in self.ports],
+            "id": self.id,
+            "started_at": self.started_at,
+            "exit_code": self.exit_code,
+        }
+
+
+@dataclass
+class ProbeResult:
+    ok: bool
+    output: str = ""
+
+
+Progress = Callable[[str, str, float | None, float | None], None]
+"""(topic, message, completed, total) for slow steps before services start (pulls, builds);
+completed/total are bytes when known, so a terminal can draw a bar."""
+
+
+class Runtime(Protocol):
+    name: str
+
+    def preflight(self, spec: StackSpec, progress: Progress) -> None:
+        """Everything that can fail before anything starts: engine, images, ports."""
+
+    def prepare(self, spec: StackSpec) -> None:
+        """Shared resources: network and volumes (Docker), directories (local)."""
+
+    def ensure(self, spec: StackSpec, service: Service) -> EnsureResult:
+        """Create the service's container/process definition, or keep an unchanged one."""
+
+    def start(self, service: Service) -> None: ...
+
+    def probe(self, service: Service) -> ProbeResult:
+        """Run the readiness check once, now (not at the healthcheck's interval)."""
+
+    def inspect(self, service: Service) -> ServiceStatus: ...
+
+    def logs(self, service: str, *, tail: int | None, follow: bool) -> Iterator[bytes]: ...
+
+    def down(self, spec: StackSpec, *, volumes: bool) -> list[str]:
+        """Stop and remove the project's services (and data with `volumes`); what was removed."""
