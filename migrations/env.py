@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
@@ -41,11 +42,19 @@ target_metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
 config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def record_applied(ctx: object, step: Any, heads: object, run_args: object) -> None:
+    """Tell the caller which revisions this run applied (a concurrent run may have done some)."""
+    config.attributes.setdefault("applied", []).append(step.up_revision_id)
+
+
 COMMON_OPTIONS = {
     "target_metadata": target_metadata,
     "version_table_schema": SCHEMA,
     "transaction_per_migration": True,
     "include_schemas": True,
+    "on_version_apply": [record_applied],
 }
 
 

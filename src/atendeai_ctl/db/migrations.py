@@ -1,0 +1,422 @@
+"""Alembic driven in code: upgrade, rollback, status, history and offline SQL.
+
+The Alembic Config is built here (script_location = <project>/migrations) instead of read from
+alembic.ini, so the URL and the app role's password travel in `Config.attributes` and never
+through a file or argv. migrations/env.py does the locking and the transactions, so a plain
+`alembic upgrade head` is exactly as safe.
+
+Every function raises AtendeaiError only: unreachable server, wrong password, unknown revision,
+a database ahead of this code, a failing migration.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from atendeai_ctl.db.connect import (
+    CONNECT_TIMEOUT,
+    database_errors,
+    describe,
+    sqlalchemy_url,
+)
+from atendeai_ctl.errors import AtendeaiError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+SCHEMA = "atendeai"
+VERSION_TABLE = "alembic_version"
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class Revision:
+    revision: str
+    down_revision: str | None
+    description: str
+    is_head: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "down_revision": self.down_revision,
+            "description": self.description,
+            "is_head": self.is_head,
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    current: str | None
+    head: str
+    pending: list[str]
+
+    @property
+    def at_head(self) -> bool:
+        return not self.pending
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"current": self.current, "head": self.head, "pending": self.pending}
+
+
+@dataclass
+class Outcome:
+    """What an upgrade or rollback did (or, with dry_run, would do)."""
+
+    before: str | None
+    target: str | None
+    planned: list[Revision]
+    applied: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    app_role_exists: bool = False
+    app_password_set: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "before": self.before,
+            "target": self.target,
+            "planned": [r.revision for r in self.planned],
+            "applied": self.applied,
+            "dry_run": self.dry_run,
+        }
+
+
+def default_migrations_dir() -> Path:
+    from atendeai_ctl.config import default_project_dir
+
+    return default_project_dir() / "migrations"
+
+
+def alembic_config(
+    url: str | None,
+    *,
+    migrations_dir: Path | None = None,
+    extra_version_dirs: Sequence[Path] = (),
+    output: TextIO | None = None,
+) -> Config:
+    """The Config env.py expects; `extra_version_dirs` add revisions (tests use it)."""
+    from alembic.config import Config
+
+    directory = (migrations_dir or default_migrations_dir()).resolve()
+    if not (directory / "env.py").is_file():
+        raise AtendeaiError(
+            "not_found",
+            f"{directory} is not an Alembic migrations directory (no env.py)",
+            "point --project-dir at a copy of the atendeai project",
+        )
+    cfg = Config(output_buffer=output)
+    cfg.set_main_option("script_location", str(directory).replace("%", "%%"))
+    if extra_version_dirs:
+        locations = [directory / "versions", *(Path(p).resolve() for p in extra_version_dirs)]
+        cfg.set_main_option("path_separator", "os")
+        cfg.set_main_option(
+            "version_locations", os.pathsep.join(str(p) for p in locations).replace("%", "%%")
+        )
+    cfg.attributes["url"] = url
+    cfg.attributes["app_db_password"] = None
+    return cfg
+
+
+def _script(cfg: Config) -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    with _revision_errors():
+        return ScriptDirectory.from_config(cfg)
+
+
+_UNKNOWN = re.compile(
+    r"(?:Can't locate revision identified by|No such revision or branch) '([^']*)'"
+)
+
+
+def _revision_error(exc: Exception) -> AtendeaiError:
+    text = str(exc.args[0]) if exc.args else str(exc)
+    unknown = _UNKNOWN.search(text)
+    if unknown:
+        return AtendeaiError(
+            "not_found",
+            f"unknown revision {unknown.group(1)!r}",
+            "see `atendeai migrate history` for the known revisions",
+        )
+    return AtendeaiError("invalid", text.splitlines()[0], "see `atendeai migrate history`")
+
+
+@contextmanager
+def _revision_errors() -> Iterator[None]:
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    try:
+        yield
+    except (CommandError, RevisionError) as exc:
+        raise _revision_error(exc) from exc
+
+
+def _revision(script: ScriptDirectory, revision: str) -> Revision:
+    with _revision_errors():
+        found = script.get_revision(revision)
+    if found is None:
+        raise AtendeaiError("not_found", f"unknown revision {revision!r}")
+    return _describe(script, found.revision)
+
+
+def _describe(script: ScriptDirectory, revision: str) -> Revision:
+    found = script.get_revision(revision)
+    assert found is not None
+    down = found.down_revision
+    return Revision(
+        revision=found.revision,
+        down_revision=down if isinstance(down, str) or down is None else ",".join(down),
+        description=(found.doc or "").strip().splitlines()[0] if found.doc else "",
+        is_head=found.revision in script.get_heads(),
+    )
+
+
+def _single_head(script: ScriptDirectory) -> str:
+    heads = script.get_heads()
+    if len(heads) != 1:
+        raise AtendeaiError(
+            "invalid",
+            f"the migrations have {len(heads)} heads ({', '.join(heads)})",
+            "merge them into one (alembic merge) before migrating",
+        )
+    return heads[0]
+
+
+def current_revision(url: str, *, script: ScriptDirectory | None = None) -> str | None:
+    """The revision in the database's version table (None: never migrated or at base).
+
+    With `script`, a revision the code does not know is refused: the database is ahead.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine, pool
+
+    engine = create_engine(
+        sqlalchemy_url(url),
+        poolclass=pool.NullPool,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT},
+    )
+    try:
+        with database_errors(url), engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"version_table_schema": SCHEMA, "version_table": VERSION_TABLE}
+            )
+            heads = context.get_current_heads()
+    finally:
+        engine.dispose()
+    if script is not None:
+        known = {rev.revision for rev in script.walk_revisions()}
+        for head in heads:
+            if head not in known:
+                raise AtendeaiError(
+                    "conflict",
+                    f"the database {describe(url)} is at revision {head!r}, "
+                    "which this version of atendeai does not know",
+                    "it was migrated by a newer atendeai: upgrade atendeai-ctl, or point "
+                    "--project-dir at the matching migrations",
+                )
+    if len(heads) > 1:
+        raise AtendeaiError("invalid", f"the database has several heads: {', '.join(heads)}")
+    return heads[0] if heads else None
+
+
+def _path(script: ScriptDirectory, upper: str, lower: str | None) -> list[Revision]:
+    """Revisions after `lower` up to and including `upper`, oldest first."""
+    with _revision_errors():
+        steps = list(script.iterate_revisions(upper, lower or BASE))
+    return [_describe(script, step.revision) for step in reversed(steps)]
+
+
+def status(url: str, *, migrations_dir: Path | None = None) -> Status:
+    script = _script(alembic_config(url, migrations_dir=migrations_dir))
+    head = _single_head(script)
+    current = current_revision(url, script=script)
+    pending = [r.revision for r in _path(script, head, current)]
+    return Status(current=current, head=head, pending=pending)
+
+
+def history(*, migrations_dir: Path | None = None) -> list[Revision]:
+    """Every revision, oldest first. Reads the scripts only: no database needed."""
+    script = _script(alembic_config(None, migrations_dir=migrations_dir))
+    return _path(script, _single_head(script), None)
+
+
+def _run(
+    command: str,
+    cfg: Config,
+    url: str,
+    target: str,
+    planned: list[Revision],
+    before: str | None,
+) -> list[str]:
+    from alembic import command as alembic_command
+
+    applied: list[str] = []
+    cfg.attributes["applied"] = applied
+    try:
+        with _revision_errors(), database_errors(url):
+            getattr(alembic_command, command)(cfg, target)
+    except AtendeaiError as err:
+        failing = next((r.revision for r in planned if r.revision not in applied), None)
+        if failing is None or err.code in ("unavailable", "unauthorized", "not_found"):
+            raise
+        stays = _after(planned, applied, before, command) if applied else before
+        raise AtendeaiError(
+            "failed",
+            f"migration {failing} failed: {err.message.split(': ', 1)[-1]}",
+            f"it was rolled back; the database stays at {stays or BASE}",
+        ) from err
+    return applied
+
+
+def _after(planned: list[Revision], applied: list[str], before: str | None, command: str) -> str:
+    if command == "upgrade":
+        return applied[-1]
+    last = next(r for r in planned if r.revision == applied[-1])
+    return last.down_revision or BASE
+
+
+def upgrade(
+    url: str,
+    revision: str = "head",
+    *,
+    app_password: str | None = None,
+    dry_run: bool = False,
+    migrations_dir: Path | None = None,
+    extra_version_dirs: Sequence[Path] = (),
+) -> Outcome:
+    """Migrate up to `revision`, then give atendeai_app `app_password` (if any and the role
+    exists). Safe to run concurrently: the second run waits for the first, then does nothing.
+    """
+    cfg = alembic_config(url, migrations_dir=migrations_dir, extra_version_dirs=extra_version_dirs)
+    script = _script(cfg)
+    target = _single_head(script) if revision in ("head", "heads") else revision
+    target = _revision(script, target).revision
+    before = current_revision(url, script=script)
+    if before is not None and before != target and target in _ancestors(script, before):
+        raise AtendeaiError(
+            "invalid",
+            f"{target} is behind the database's revision {before}",
+            "use `atendeai migrate rollback --to` to go back",
+        )
+    planned = _path(script, target, before)
+    outcome = Outcome(before=before, target=target, planned=planned, dry_run=dry_run)
+    if dry_run:
+        return outcome
+    cfg.attributes["app_db_password"] = app_password
+    outcome.applied = _run("upgrade", cfg, url, target, planned, before)
+    outcome.app_role_exists = bool(cfg.attributes.get("app_role_exists"))
+    outcome.app_password_set = bool(cfg.attributes.get("app_password_set"))
+    return outcome
+
+
+def _ancestors(script: ScriptDirectory, revision: str) -> set[str]:
+    return {r.revision for r in _path(script, revision, None)}
+
+
+def plan_rollback(
+    url: str,
+    *,
+    steps: int | None = None,
+    to: str | None = None,
+    migrations_dir: Path | None = None,
+) -> Outcome:
+    """What a rollback would undo: the last `steps` revisions (default 1), or down to `to`."""
+    if steps is not None and to is not None:
+        raise AtendeaiError("invalid", "give either --steps or --to, not both")
+    if steps is not None and steps < 1:
+        raise AtendeaiError("invalid", f"--steps must be 1 or more, not {steps}")
+    cfg = alembic_config(url, migrations_dir=migrations_dir)
+    script = _script(cfg)
+    before = current_revision(url, script=script)
+    applied = _path(script, before, None) if before else []
+    if to is None:
+        count = steps or 1
+        if count > len(applied):
+            raise AtendeaiError(
+                "invalid",
+                f"cannot roll back {count} migration(s): {len(applied)} applied",
+                "use --to base to undo them all",
+            )
+        undo = applied[len(applied) - count :]
+    elif to == BASE:
+        undo = applied
+    else:
+        target = _revision(script, to).revision
+        if target not in {r.revision for r in applied}:
+            raise AtendeaiError(
+                "invalid",
+                f"{target} is not applied to the database (current: {before or BASE})",
+                "use `atendeai migrate up` to go forward",
+            )
+        undo = applied[[r.revision for r in applied].index(target) + 1 :]
+    target_rev = (undo[0].down_revision or BASE) if undo else before
+    return Outcome(before=before, target=target_rev, planned=list(reversed(undo)))
+
+
+def rollback(
+    url: str,
+    *,
+    steps: int | None = None,
+    to: str | None = None,
+    dry_run: bool = False,
+    migrations_dir: Path | None = None,
+) -> Outcome:
+    """Undo migrations (newest first), each in its own transaction."""
+    outcome = plan_rollback(url, steps=steps, to=to, migrations_dir=migrations_dir)
+    outcome.dry_run = dry_run
+    if dry_run or not outcome.planned:
+        return outcome
+    cfg = alembic_config(url, migrations_dir=migrations_dir)
+    assert outcome.target is not None
+    outcome.applied = _run("downgrade", cfg, url, outcome.target, outcome.planned, outcome.before)
+    return outcome
+
+
+def offline_sql(spec: str | None = None, *, migrations_dir: Path | None = None) -> str:
+    """The SQL of `FROM:TO` (default base:head; a downgrade when TO is below FROM), unrun."""
+    from alembic import command as alembic_command
+
+    buffer = io.StringIO()
+    cfg = alembic_config(None, migrations_dir=migrations_dir, output=buffer)
+    script = _script(cfg)
+    start, sep, end = (spec or "").rpartition(":")
+    if not sep:
+        start, end = BASE, spec or "head"
+    end = _single_head(script) if end in ("head", "heads") else end
+    start = _single_head(script) if start in ("head", "heads") else start
+    for rev in (start, end):
+        if rev != BASE:
+            _revision(script, rev)
+    downgrade = end == BASE or (start != BASE and end in _ancestors(script, start))
+    with _revision_errors():
+        if downgrade:
+            alembic_command.downgrade(cfg, f"{start}:{end}", sql=True)
+        elif start == BASE:
+            alembic_command.upgrade(cfg, end, sql=True)
+        else:
+            alembic_command.upgrade(cfg, f"{start}:{end}", sql=True)
+    return buffer.getvalue()
+
+
+__all__ = [
+    "Outcome",
+    "Revision",
+    "Status",
+    "alembic_config",
+    "current_revision",
+    "history",
+    "offline_sql",
+    "plan_rollback",
+    "rollback",
+    "status",
+    "upgrade",
+]
