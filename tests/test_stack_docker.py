@@ -1,0 +1,230 @@
+"""The stack on a real Docker engine, driven through the real CLI.
+
+One stack is brought up for the module and taken through its life: up, idempotent up, status,
+heal, recreate on change, data across down/up, down --volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.stack_helpers import Project, new_project, project_resources, remove_project
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    project = new_project(tmp_path_factory.mktemp("stack"))
+    yield project
+    project.run("down", "--volumes", "--yes")
+    remove_project(project.name)
+
+
+def _ids(project: Project) -> dict[str, str]:
+    doc = project.json("status")
+    return {s["name"]: s["id"] for s in doc["services"]}
+
+
+def _admin_url(project: Project) -> str:
+    secrets = (project.state_dir / project.name / "secrets.env").read_text()
+    password = next(
+        line.split("=", 1)[1] for line in secrets.splitlines()
+        if line.startswith("ATENDEAI_POSTGRES_PASSWORD=")
+    )  # fmt: skip
+    port = project.env["ATENDEAI_POSTGRES_PORT"]
+    return f"postgresql://atendeai:{password}@127.0.0.1:{port}/atendeai"
+
+
+def test_up_from_nothing_brings_every_service_to_healthy(stack: Project) -> None:
+    assert project_resources(stack.name) == {"containers": [], "networks": [], "volumes": []}
+    done = stack.run("up", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    results = {s["name"]: s["result"] for s in report["services"]}
+    assert results == {
+        "postgres": "healthy", "redis": "healthy", "migrate": "completed", "auth": "healthy",
+    }  # fmt: skip
+    assert all(s["action"] == "created" for s in report["services"])
+    status = stack.run("status", "--json")
+    assert status.returncode == 0, status.stdout
+    doc = json.loads(status.stdout)
+    assert doc["schema"] == 1 and doc["project"] == stack.name and doc["runtime"] == "docker"
+    by_name = {s["name"]: s for s in doc["services"]}
+    assert by_name["postgres"]["ports"] == [
+        {"host": "127.0.0.1", "port": int(stack.env["ATENDEAI_POSTGRES_PORT"]), "target": 5432}
+    ]
+    assert by_name["auth"]["health"] == "healthy"
+    assert by_name["migrate"]["state"] == "exited" and by_name["migrate"]["exit_code"] == 0
+    res = project_resources(stack.name)
+    assert res["networks"] == [f"{stack.name}-network"]
+    assert sorted(res["volumes"]) == [f"{stack.name}_pgdata", f"{stack.name}_redisdata"]
+
+
+def test_secrets_are_private_and_never_printed(stack: Project) -> None:
+    secrets = stack.state_dir / stack.name / "secrets.env"
+    assert secrets.stat().st_mode & 0o777 == 0o600
+    password = _admin_url(stack).split(":")[2].split("@")[0]
+    shown = stack.run("config", "show")
+    assert password not in shown.stdout + shown.stderr
+    assert password in stack.run("config", "env").stdout
+    import docker
+
+    for container in docker.from_env().containers.list(
+        filters={"label": f"com.docker.compose.project={stack.name}"}
+    ):
+        top = container.top(ps_args="-eo args")
+        assert all(password not in " ".join(proc) for proc in top["Processes"])
+
+
+def test_second_up_recreates_nothing(stack: Project) -> None:
+    before = _ids(stack)
+    report = stack.json("up")
+    assert report["ok"] is True
+    assert {s["action"] for s in report["services"]} == {"unchanged"}
+    assert _ids(stack) == before
+
+
+def test_compose_sees_the_same_containers(stack: Project) -> None:
+    env_file = stack.state_dir / "compose.env"
+    env_file.write_text(stack.run("config", "env").stdout)
+    done = subprocess.run(
+        ["docker-compose", "-p", stack.name, "--env-file", str(env_file),
+         "-f", "compose/docker-compose.yml", "ps", "--services", "--filter", "status=running"],
+        capture_output=True, text=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split()) == ["auth", "postgres", "redis"]
+
+
+def test_logs_tail(stack: Project) -> None:
+    done = stack.run("logs", "postgres", "--tail", "5")
+    assert done.returncode == 0
+    assert 0 < len(done.stdout.splitlines()) <= 5
+    missing = stack.run("logs", "nosuch")
+    assert missing.returncode == 4 and "no service 'nosuch'" in missing.stderr
+
+
+def test_stopped_container_is_reported_and_healed(stack: Project) -> None:
+    import docker
+
+    before = _ids(stack)
+    docker.from_env().containers.get(f"{stack.name}-redis-1").stop()
+    assert stack.run("status").returncode == 3
+    report = stack.json("up")
+    assert report["ok"] is True
+    assert _ids(stack) == before
+    assert stack.run("status").returncode == 0
+
+
+def test_data_survives_down_and_up(stack: Project) -> None:
+    with psycopg.connect(_admin_url(stack), autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.keepme (v text)")
+        conn.execute("INSERT INTO public.keepme VALUES ('still here')")
+    down = stack.run("down")
+    assert down.returncode == 0, down.stderr
+    left = project_resources(stack.name)
+    assert left["containers"] == [] and left["networks"] == [] and len(left["volumes"]) == 2
+    assert stack.run("status").returncode == 3
+    assert stack.run("up").returncode == 0
+    with psycopg.connect(_admin_url(stack)) as conn:
+        assert conn.execute("SELECT v FROM public.keepme").fetchall() == [("still here",)]
+
+
+def test_changed_service_is_recreated_alone(stack: Project) -> None:
+    before = _ids(stack)
+    from tests.servers import free_port
+
+    stack.env["ATENDEAI_REDIS_PORT"] = str(free_port())
+    report = stack.json("up")
+    assert report["ok"] is True
+    actions = {s["name"]: s["action"] for s in report["services"]}
+    assert actions["redis"] == "recreated"
+    assert actions["postgres"] == "unchanged"
+    after = _ids(stack)
+    assert after["redis"] != before["redis"] and after["postgres"] == before["postgres"]
+    with socket.create_connection(("127.0.0.1", int(stack.env["ATENDEAI_REDIS_PORT"])), 2):
+        pass
+
+
+def test_down_volumes_needs_yes_without_a_terminal(stack: Project) -> None:
+    refused = stack.run("down", "--volumes")
+    assert refused.returncode == 7
+    assert "--yes" in refused.stderr
+    assert len(project_resources(stack.name)["containers"]) == 4
+
+
+def test_down_volumes_leaves_nothing(stack: Project) -> None:
+    done = stack.run("down", "--volumes", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert project_resources(stack.name) == {"containers": [], "networks": [], "volumes": []}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    p = new_project(tmp_path)
+    yield p
+    remove_project(p.name)
+
+
+def test_port_in_use_is_named_before_anything_starts(project: Project) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(project.env["ATENDEAI_REDIS_PORT"])))
+        holder.listen()
+        started = time.monotonic()
+        done = project.run("up")
+    assert done.returncode == 5
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1
+    assert f"127.0.0.1:{project.env['ATENDEAI_REDIS_PORT']}" in lines[0]
+    assert "ATENDEAI_REDIS_PORT" in lines[0]
+    assert "python" in lines[0]  # who holds it: this test's own process
+    assert "Traceback" not in done.stderr
+    assert project_resources(project.name)["containers"] == []
+    assert time.monotonic() - started < 60
+
+
+def test_missing_image_is_reported_before_anything_starts(project: Project) -> None:
+    done = project.run("up", extra_env={"ATENDEAI_REDIS_IMAGE": "127.0.0.1:9/nope/redis:0"})
+    assert done.returncode == 4, done.stderr
+    assert "127.0.0.1:9/nope/redis:0" in done.stderr
+    assert "offline-images" in done.stderr
+    assert project_resources(project.name)["containers"] == []
+
+
+def test_broken_compose_file_is_one_line(project: Project, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "proj"
+    root = Path(__file__).parent.parent
+    for sub in ("compose", "configs", "migrations"):
+        shutil.copytree(root / sub, copy / sub)
+    compose = copy / "compose" / "docker-compose.yml"
+    compose.write_text(compose.read_text().replace("restart: unless-stopped", "restartt: no", 1))
+    done = project.run("up", "--project-dir", str(copy))
+    assert done.returncode == 6
+    assert done.stderr.count("\n") == 1
+    assert "services.postgres.restartt: unknown key" in done.stderr
+    assert project_resources(project.name)["containers"] == []
+
+
+def test_engine_unreachable(project: Project) -> None:
+    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    for command in (["status"], ["up"], ["down"]):
+        done = project.run(*command, extra_env=env)
+        assert done.returncode == 1, command
+        assert done.stderr.startswith(
+            "Error: cannot reach the Docker engine at unix:///nonexistent"
+        )
+        assert "Traceback" not in done.stderr
+    as_json = project.run("status", "--json", extra_env=env)
+    assert json.loads(as_json.stdout)["error"]["code"] == "unavailable"
