@@ -1,0 +1,41 @@
+"""Tenant scoping shared by every module that talks to PostgreSQL.
+
+RLS policies read `atendeai.clinic_id`; it is set with `is_local = true`, so it lives only as
+long as the current transaction and a pooled connection never carries a clinic to its next
+borrower. Callers must already be inside `conn.transaction()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from atendeai_ctl.errors import AtendeaiError
+
+Conn = psycopg.Connection[Any]
+
+
+def set_tenant(conn: Conn, clinic_id: UUID | str | None) -> None:
+    conn.execute(
+        "SELECT set_config('atendeai.clinic_id', %s, true)",
+        ("" if clinic_id is None else str(clinic_id),),
+    )
+
+
+def clinic_by_slug(conn: Conn, slug: str) -> tuple[UUID, str] | None:
+    """(id, status) through the SECURITY DEFINER lookup: works before the tenant is known."""
+    row = conn.execute("SELECT id, status FROM atendeai.clinic_by_slug(%s)", (slug,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def enter_clinic(conn: Conn, slug: str) -> UUID:
+    """Resolve a slug and scope the current transaction to that clinic."""
+    found = clinic_by_slug(conn, slug)
+    if found is None:
+        raise AtendeaiError(
+            "not_found", f"no clinic with slug {slug!r}", "see `atendeai clinic list`"
+        )
+    set_tenant(conn, found[0])
+    return found[0]

@@ -1,0 +1,218 @@
+"""User administration inside one clinic: create, list, show, disable/enable, password, role.
+
+Disabling a user revokes their sessions in the same transaction and denylists them in Redis,
+so their access tokens stop verifying immediately rather than at expiry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from atendeai_ctl.auth import audit, passwords
+from atendeai_ctl.auth._db import Conn, enter_clinic
+from atendeai_ctl.auth.sessions import Denylist, revoke_all_for_user
+from atendeai_ctl.auth.settings import AuthSettings
+from atendeai_ctl.errors import AtendeaiError
+
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+ROLES = ("owner", "admin", "staff")
+_COLUMNS = "id, clinic_id, email, name, role, status, last_login_at, created_at"
+
+
+@dataclass(frozen=True)
+class User:
+    id: UUID
+    clinic_id: UUID
+    email: str
+    name: str | None
+    role: str
+    status: str
+    last_login_at: datetime | None
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "clinic_id": str(self.clinic_id),
+            "email": self.email,
+            "name": self.name,
+            "role": self.role,
+            "status": self.status,
+            "last_login_at": self.last_login_at.isoformat() if self.last_login_at else None,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise AtendeaiError("invalid", f"role must be one of {', '.join(ROLES)}, not {role!r}")
+
+
+def create_user(
+    conn: Conn,
+    settings: AuthSettings,
+    *,
+    clinic: str,
+    email: str,
+    password: str,
+    actor: str,
+    role: str = "staff",
+    name: str | None = None,
+) -> User:
+    """Hash first (slow, no transaction open), then insert with its audit row."""
+    email = email.strip().lower()
+    if len(email) > 254 or not EMAIL.match(email):
+        raise AtendeaiError("invalid", f"{email!r} is not an email address")
+    _check_role(role)
+    if name is not None and len(name) > 200:
+        raise AtendeaiError("invalid", "name must be at most 200 characters")
+    password_hash = passwords.hash_password(password, settings)
+    try:
+        with conn.transaction():
+            clinic_id = enter_clinic(conn, clinic)
+            row = conn.execute(
+                "INSERT INTO atendeai.users (clinic_id, email, name, password_hash, role)"
+                f" VALUES (%s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (clinic_id, email, name, password_hash, role),
+            ).fetchone()
+            assert row is not None
+            audit.record(
+                conn,
+                action="user.create",
+                actor=actor,
+                outcome="success",
+                clinic_id=clinic_id,
+                target=f"user:{row[0]}",
+                detail={"email": email, "role": role},
+            )
+    except psycopg.errors.UniqueViolation:
+        raise AtendeaiError("conflict", f"user {email!r} already exists in {clinic!r}") from None
+    return User(*row)
+
+
+def list_users(conn: Conn, *, clinic: str) -> list[User]:
+    with conn.transaction():
+        enter_clinic(conn, clinic)
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM atendeai.users ORDER BY email").fetchall()
+    return [User(*row) for row in rows]
+
+
+def get_user(conn: Conn, *, clinic: str, email: str) -> User:
+    with conn.transaction():
+        enter_clinic(conn, clinic)
+        return _get(conn, clinic, email)
+
+
+def _get(conn: Conn, clinic: str, email: str) -> User:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM atendeai.users WHERE lower(email) = lower(%s)", (email,)
+    ).fetchone()
+    if row is None:
+        raise AtendeaiError("not_found", f"no user {email!r} in clinic {clinic!r}")
+    return User(*row)
+
+
+def _update(
+    conn: Conn,
+    *,
+    clinic: str,
+    email: str,
+    actor: str,
+    action: str,
+    assignments: str,
+    params: tuple[Any, ...],
+    detail: dict[str, Any],
+    revoke: bool = False,
+) -> tuple[User, list[tuple[str, float]]]:
+    with conn.transaction():
+        clinic_id = enter_clinic(conn, clinic)
+        user = _get(conn, clinic, email)
+        row = conn.execute(
+            f"UPDATE atendeai.users SET {assignments} WHERE id = %s RETURNING {_COLUMNS}",
+            (*params, user.id),
+        ).fetchone()
+        denied = revoke_all_for_user(conn, user.id, action) if revoke else []
+        audit.record(
+            conn,
+            action=action,
+            actor=actor,
+            outcome="success",
+            clinic_id=clinic_id,
+            target=f"user:{user.id}",
+            detail={**detail, "sessions_revoked": len(denied)} if revoke else detail,
+        )
+    assert row is not None
+    return User(*row), denied
+
+
+def set_user_status(
+    conn: Conn, denylist: Denylist | None, *, clinic: str, email: str, status: str, actor: str
+) -> User:
+    if status not in ("active", "disabled"):
+        raise AtendeaiError("invalid", f"status must be 'active' or 'disabled', not {status!r}")
+    disabling = status == "disabled"
+    user, denied = _update(
+        conn,
+        clinic=clinic,
+        email=email,
+        actor=actor,
+        action="user.disable" if disabling else "user.enable",
+        assignments="status = %s",
+        params=(status,),
+        detail={},
+        revoke=disabling,
+    )
+    if denied and denylist is not None:
+        denylist.deny_sessions(denied)
+    return user
+
+
+def set_password(
+    conn: Conn,
+    settings: AuthSettings,
+    denylist: Denylist | None,
+    *,
+    clinic: str,
+    email: str,
+    password: str,
+    actor: str,
+    revoke_sessions: bool = True,
+) -> User:
+    """New hash; by default every existing session ends (a reset usually means compromise)."""
+    password_hash = passwords.hash_password(password, settings)
+    user, denied = _update(
+        conn,
+        clinic=clinic,
+        email=email,
+        actor=actor,
+        action="user.set_password",
+        assignments="password_hash = %s",
+        params=(password_hash,),
+        detail={},
+        revoke=revoke_sessions,
+    )
+    if denied and denylist is not None:
+        denylist.deny_sessions(denied)
+    return user
+
+
+def set_role(conn: Conn, *, clinic: str, email: str, role: str, actor: str) -> User:
+    """Takes effect for new access tokens (at the latest one access TTL from now)."""
+    _check_role(role)
+    user, _ = _update(
+        conn,
+        clinic=clinic,
+        email=email,
+        actor=actor,
+        action="user.set_role",
+        assignments="role = %s",
+        params=(role,),
+        detail={"role": role},
+    )
+    return user
