@@ -23,10 +23,10 @@ from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
 from atendeai_ctl.db.connect import CONNECT_TIMEOUT, sqlalchemy_url
+from atendeai_ctl.db.migrations import MIGRATION_LOCK_KEY as LOCK_KEY
+from atendeai_ctl.db.migrations import SCHEMA
 from atendeai_ctl.db.roles import ROLE_EXISTS_SQL, set_password_sql
 
-SCHEMA = "atendeai"
-LOCK_KEY = 0x6174656E64656169  # b"atendeai" as a bigint, the same in every database
 LOCK_WAIT = os.environ.get("ATENDEAI_MIGRATION_LOCK_WAIT", "10min")
 DDL_LOCK_TIMEOUT = os.environ.get("ATENDEAI_MIGRATION_LOCK_TIMEOUT", "15s")
 

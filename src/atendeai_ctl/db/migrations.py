@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 SCHEMA = "atendeai"
+MIGRATION_LOCK_KEY = 0x6174656E64656169
+"""b"atendeai" as a bigint: the session-level advisory lock env.py holds while migrating."""
 VERSION_TABLE = "alembic_version"
 BASE = "base"
 
