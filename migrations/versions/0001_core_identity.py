@@ -262,6 +262,7 @@ def upgrade() -> None:
     op.create_index(None, "audit_log", ["clinic_id", "at"], schema=SCHEMA)
     op.execute(f"CREATE TABLE {SCHEMA}.audit_log_default PARTITION OF {SCHEMA}.audit_log DEFAULT")
     op.execute(ENSURE_AUDIT_LOG_PARTITIONS)
+    op.execute(f"REVOKE ALL ON FUNCTION {SCHEMA}.ensure_audit_log_partitions(integer) FROM PUBLIC")
     op.execute(f"SELECT {SCHEMA}.ensure_audit_log_partitions(3)")
 
 
