@@ -40,6 +40,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from atendeai_ctl.auth import audit, sessions
 from atendeai_ctl.auth._db import clinic_by_slug, set_tenant
+from atendeai_ctl.auth._resp import PipelinedRedis
 from atendeai_ctl.auth.keys import KeyRing
 from atendeai_ctl.auth.log import REQUEST_ID, JsonLog
 from atendeai_ctl.auth.metrics import Metrics
@@ -122,6 +123,7 @@ class Service:
         self.db_slots = CapacityLimiter(pool_max)
         self.pool: ConnectionPool | None = None
         self.redis: aioredis.Redis | None = None
+        self.fast_redis: PipelinedRedis | None = None
         self.limiter: RateLimiter | None = None
         self.denylist: sessions.Denylist | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -169,7 +171,8 @@ class Service:
             socket_connect_timeout=1,
         )  # fmt: skip
         self.redis = aioredis.Redis(connection_pool=pool)
-        self.limiter = RateLimiter(self.redis, self.settings.rate)
+        self.fast_redis = PipelinedRedis(self.redis_url)
+        self.limiter = RateLimiter(self.fast_redis, self.settings.rate)
         sync_client = redis.Redis.from_url(
             self.redis_url, socket_timeout=2, socket_connect_timeout=1
         )
@@ -184,6 +187,8 @@ class Service:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.metrics.flush(self.redis)
             await self.redis.aclose()
+        if self.fast_redis is not None:
+            await self.fast_redis.aclose()
         if self.denylist is not None:
             self.denylist.client.close()
         if self.pool is not None:
@@ -460,8 +465,8 @@ async def ready(request: Request) -> Response:
     except Exception:
         down.append("postgresql")
     try:
-        assert service.redis is not None
-        await asyncio.wait_for(service.redis.ping(), 2)
+        assert service.fast_redis is not None
+        await asyncio.wait_for(service.fast_redis.call("PING"), 2)
     except Exception:
         down.append("redis")
     if down:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
-import redis.asyncio as aioredis
-
+from atendeai_ctl.auth._resp import PipelinedRedis
 from atendeai_ctl.auth.settings import RateLimits
 from atendeai_ctl.auth.tokens import Claims
 
@@ -87,13 +87,23 @@ def account_key(clinic: str, email: str) -> str:
     return f"{PREFIX}login:acct:{digest}"
 
 
+class _Script:
+    def __init__(self, client: PipelinedRedis, text: str) -> None:
+        self.client = client
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, keys: list[str], args: list[Any] | None = None) -> Any:
+        return await self.client.evalsha(self.sha, self.text, keys, args or [])
+
+
 class RateLimiter:
-    def __init__(self, client: aioredis.Redis, limits: RateLimits) -> None:
+    def __init__(self, client: PipelinedRedis, limits: RateLimits) -> None:
         self.client = client
         self.limits = limits
-        self._gate = client.register_script(_GATE)
-        self._attempt = client.register_script(_LOGIN_ATTEMPT)
-        self._success = client.register_script(_LOGIN_SUCCESS)
+        self._gate = _Script(client, _GATE)
+        self._attempt = _Script(client, _LOGIN_ATTEMPT)
+        self._success = _Script(client, _LOGIN_SUCCESS)
 
     async def request(self, ip: str, claims: Claims | None = None) -> Decision:
         """Count one /auth/* request from `ip`; with claims, also report if they are revoked."""
@@ -141,5 +151,5 @@ class RateLimiter:
 
     async def failures(self, clinic: str, email: str) -> int:
         """The account's attempt count in the current window (for tests and the admin CLI)."""
-        value = await self.client.get(account_key(clinic, email))
+        value = await self.client.call("GET", account_key(clinic, email))
         return int(value or 0)
