@@ -7,6 +7,7 @@ ever contains the password (psycopg's own text never does; `redact` covers the U
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,7 @@ def _first_line(exc: BaseException, password: str | None) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
     text = text.removeprefix("connection failed: ")
+    text = re.sub(r"\s*FATAL:\s+", " ", text).strip()
     if password:
         text = text.replace(password, "***")
     return text
@@ -103,7 +105,7 @@ def translate_error(exc: BaseException, url: str) -> AtendeaiError:
             f"PostgreSQL rejected the credentials for {where}",
             "check the password (`atendeai config show`, or the one in --database-url)",
         )
-    if sqlstate == "3D000":
+    if sqlstate == "3D000" or re.search(r'database ".*" does not exist', reason):
         return AtendeaiError(
             "not_found",
             f"database {conninfo(url).get('dbname', '?')!r} does not exist on {where}",
