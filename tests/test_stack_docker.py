@@ -82,7 +82,7 @@ def test_secrets_are_private_and_never_printed(stack: Project) -> None:
     for container in docker.from_env().containers.list(
         filters={"label": f"com.docker.compose.project={stack.name}"}
     ):
-        top = container.top(ps_args="-eo args")
+        top = container.top(ps_args="-eo pid,args")
         assert all(password not in " ".join(proc) for proc in top["Processes"])
 
 

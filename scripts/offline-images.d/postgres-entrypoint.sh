@@ -37,7 +37,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 	pwfile="$(mktemp)"
 	printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
 	# shellcheck disable=SC2086
-	initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust \
+	# UTF-8 like the official image (its LANG is en_US.utf8); a bare rootfs would give SQL_ASCII.
+	initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust --encoding=UTF8 --locale=C.UTF-8 \
 		--auth-host="${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" ${POSTGRES_INITDB_ARGS:-} >/dev/null
 	rm -f "$pwfile"
 	echo "host all all all ${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" >> "$PGDATA/pg_hba.conf"

@@ -56,12 +56,26 @@ app.add_typer(token.app, name="token")
 app.add_typer(audit.app, name="audit")
 
 
+def _from_engine(exc: Exception) -> AtendeaiError | None:
+    """A Docker engine refusal mid-command is the operator's to act on, not a crash."""
+    if not type(exc).__module__.startswith("docker."):
+        return None
+    detail = getattr(exc, "explanation", None) or str(exc)
+    return AtendeaiError("failed", f"the Docker engine refused: {detail}", "see `atendeai status`")
+
+
 def main() -> None:
     try:
         app()
     except AtendeaiError as err:
         error(err, as_json="--json" in sys.argv[1:])
         sys.exit(err.exit_code)
+    except Exception as exc:
+        converted = _from_engine(exc)
+        if converted is None:
+            raise
+        error(converted, as_json="--json" in sys.argv[1:])
+        sys.exit(converted.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         sys.exit(130)

@@ -276,6 +276,7 @@ class DockerRuntime:
             if state.get("StartedAt", "").startswith("2")
             else None,
             exit_code=None if running else state.get("ExitCode"),
+            restarts=int(info.get("RestartCount") or 0),
         )
 
     def health_log(self, service: Service) -> str:
@@ -313,9 +314,9 @@ class DockerRuntime:
             container = containers.get(name)
             if container is None:
                 return None
-            if container["State"] == "running":
+            if container["State"] in ("running", "restarting", "paused"):
                 self.api.stop(container["Id"])
-            self.api.remove_container(container["Id"])
+            self.api.remove_container(container["Id"], force=True)
             return str(container["Names"][0].lstrip("/"))
 
         with ThreadPoolExecutor(max_workers=8) as pool:

@@ -24,6 +24,8 @@ OnEvent = Callable[[str, Phase, float, str], None]
 """(service, phase, seconds since up began, detail)."""
 
 LOG_LINES = 30
+CRASH_LOOP = 3
+"""Restarts during one wait after which a service is failed at once, not at the timeout."""
 
 
 @dataclass
@@ -190,10 +192,11 @@ class _Up:
         probing = service.healthcheck is not None and not one_shot
         deadline = time.monotonic() + self.timeout
         delay, output, tick = 0.05, "", 0
+        restarts = self.runtime.inspect(service).restarts
         while not self.abort.is_set():
             # Probing is the fast path; the container's own state is read every few rounds,
             # so a crash fails at once instead of at the timeout.
-            if (not probing or tick % 4 == 0) and self.settled_by_state(service, output):
+            if (not probing or tick % 4 == 0) and self.settled_by_state(service, output, restarts):
                 return
             if probing:
                 probe = self.runtime.probe(service)
@@ -205,9 +208,12 @@ class _Up:
             time.sleep(delay)
             delay, tick = min(delay * 1.5, 0.5), tick + 1
 
-    def settled_by_state(self, service: Service, output: str) -> bool:
+    def settled_by_state(self, service: Service, output: str, restarts: int) -> bool:
         status = self.runtime.inspect(service)
         one_shot = service.name in self.one_shot
+        if status.restarts - restarts >= CRASH_LOOP:
+            self.fail(service, f"keeps crashing (restarted {status.restarts - restarts} times)")
+            return True
         if status.state in ("exited", "dead"):
             if one_shot and status.exit_code == 0:
                 self.done(service, "completed")

@@ -28,10 +28,10 @@ def open_runtime(config: Config, choice: str | None = None) -> Runtime:
 
 def prepare_state(config: Config) -> Config:
     """Secrets and signing keys exist before the first service starts."""
-    config = config.with_secrets(generate=True)
-    keys_dir = config.get("ATENDEAI_JWT_KEYS_DIR")
-    if keys_dir:
-        from pathlib import Path
+    from pathlib import Path
 
-        Path(keys_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    from atendeai_ctl.auth.keys import ensure_signing_key
+
+    config = config.with_secrets(generate=True)
+    ensure_signing_key(Path(config.require("ATENDEAI_JWT_KEYS_DIR")))
     return config

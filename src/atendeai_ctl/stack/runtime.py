@@ -36,6 +36,7 @@ class ServiceStatus:
     id: str | None = None  # container id, or pid for the local runtime
     started_at: str | None = None
     exit_code: int | None = None
+    restarts: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -46,6 +47,7 @@ class ServiceStatus:
             "id": self.id,
             "started_at": self.started_at,
             "exit_code": self.exit_code,
+            "restarts": self.restarts,
         }
 
 
