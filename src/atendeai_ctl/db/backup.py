@@ -24,6 +24,7 @@ from atendeai_ctl.errors import AtendeaiError
 
 TOOL_DIRS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin")
 DUMP_MAGIC = b"PGDMP"
+SCHEMA = "atendeai"
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
@@ -106,8 +107,9 @@ def _run(argv: list[str], env: dict[str, str], what: str, url: str) -> None:
     except OSError as exc:
         raise AtendeaiError("failed", f"cannot run {argv[0]}: {exc}") from exc
     if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        detail = lines[-1] if lines else f"exit status {result.returncode}"
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if "error:" in line]
+        detail = (errors or lines or [f"exit status {result.returncode}"])[0]
         password = env.get("PGPASSWORD")
         if password:
             detail = detail.replace(password, "***")
@@ -140,9 +142,7 @@ def dump(url: str, output: Path) -> Path:
     return output
 
 
-def restore(url: str, dump_file: Path) -> None:
-    """Replace the objects in the dump (drop, then recreate) in one transaction: all or none."""
-    dump_file = dump_file.expanduser()
+def _check_dump(dump_file: Path) -> None:
     try:
         with dump_file.open("rb") as fh:
             magic = fh.read(len(DUMP_MAGIC))
@@ -156,10 +156,30 @@ def restore(url: str, dump_file: Path) -> None:
             f"{dump_file} is not a pg_dump custom-format file",
             "use a file written by `atendeai db backup`",
         )
+
+
+def restore(url: str, dump_file: Path) -> None:
+    """Replace schema atendeai with the dump's; on any failure the old schema comes back.
+
+    Not `pg_restore --clean`: it cannot drop the constraints of partitions. The current schema
+    is renamed aside, the dump restored in one transaction, and only then the old one dropped.
+    """
+    dump_file = dump_file.expanduser()
+    _check_dump(dump_file)
     tool = find_tool("pg_restore", server_major(url))
-    argv, env = command(
-        tool.path,
-        url,
-        ["--clean", "--if-exists", "--single-transaction", "--exit-on-error", str(dump_file)],
-    )
-    _run(argv, env, "pg_restore", url)
+    aside = f"{SCHEMA}_before_restore_{os.getpid()}"
+    with connect(url, autocommit=True) as conn:
+        had_schema = conn.execute("SELECT to_regnamespace(%s)", [SCHEMA]).fetchone() != (None,)
+        if had_schema:
+            conn.execute(f"ALTER SCHEMA {SCHEMA} RENAME TO {aside}")
+        argv, env = command(
+            tool.path, url, ["--single-transaction", "--exit-on-error", str(dump_file)]
+        )
+        try:
+            _run(argv, env, "pg_restore", url)
+        except BaseException:
+            if had_schema:
+                conn.execute(f"ALTER SCHEMA {aside} RENAME TO {SCHEMA}")
+            raise
+        if had_schema:
+            conn.execute(f"DROP SCHEMA {aside} CASCADE")
