@@ -270,7 +270,7 @@ def _run(
         failing = next((r.revision for r in planned if r.revision not in applied), None)
         if failing is None or err.code in ("unavailable", "unauthorized", "not_found"):
             raise
-        stays = _after(planned, applied, before, command) if applied else before
+        stays = _reached(planned, applied, command) if applied else before
         raise AtendeaiError(
             "failed",
             f"migration {failing} failed: {err.message.split(': ', 1)[-1]}",
@@ -279,7 +279,8 @@ def _run(
     return applied
 
 
-def _after(planned: list[Revision], applied: list[str], before: str | None, command: str) -> str:
+def _reached(planned: list[Revision], applied: list[str], command: str) -> str:
+    """The revision the database is at after `applied` of `planned` ran."""
     if command == "upgrade":
         return applied[-1]
     last = next(r for r in planned if r.revision == applied[-1])
