@@ -8,6 +8,8 @@ import pytest
 
 from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
 
+pytest_plugins = ["tests.auth_helpers"]
+
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PostgresServer]:

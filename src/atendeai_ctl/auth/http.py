@@ -120,6 +120,7 @@ class Service:
         self.metrics = Metrics()
         cores = os.cpu_count() or 2
         self.bcrypt_slots = CapacityLimiter(cores)
+        self.login_threads = CapacityLimiter(cores * 2)
         self.db_slots = CapacityLimiter(pool_max)
         self.pool: ConnectionPool | None = None
         self.redis: aioredis.Redis | None = None
@@ -206,10 +207,11 @@ class Service:
                 assert self.redis is not None
                 await self.metrics.flush(self.redis)
 
-    async def in_thread(self, func: Callable[..., T], *args: Any, bcrypt: bool = False) -> T:
-        limiter = self.bcrypt_slots if bcrypt else self.db_slots
+    async def in_thread(
+        self, func: Callable[..., T], *args: Any, threads: CapacityLimiter | None = None
+    ) -> T:
         try:
-            return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
+            return await anyio.to_thread.run_sync(func, *args, limiter=threads or self.db_slots)
         except DB_ERRORS:
             raise _unavailable("the database") from None
 
@@ -326,13 +328,6 @@ async def login(request: Request) -> Response:
     ip = _client_ip(request.scope)
     await service.gate(ip, clinic=clinic)
     assert service.limiter is not None and service.pool is not None
-    try:
-        attempt = await service.limiter.login_attempt(clinic, email, ip)
-    except REDIS_ERRORS:
-        raise _unavailable("Redis") from None
-    if not attempt.allowed:
-        service.metrics.logins["rate_limited"] += 1
-        service.blocked(attempt, ip, clinic=clinic, email=email)
     call = functools.partial(
         sessions.login,
         service.pool,
@@ -344,17 +339,28 @@ async def login(request: Request) -> Response:
         ip=ip,
         user_agent=request.headers.get("user-agent"),
     )
-    try:
-        pair = await service.in_thread(call, bcrypt=True)
-    except sessions.AuthFailed as exc:
-        service.metrics.logins["failure"] += 1
-        service.log.info("login_failed", reason=exc.reason, ip=ip)
-        raise ApiError(
-            401, "invalid_credentials", "invalid clinic, email or password", attempt.headers()
-        ) from None
+    async with service.bcrypt_slots:
+        try:
+            attempt = await service.limiter.login_attempt(clinic, email, ip)
+        except REDIS_ERRORS:
+            raise _unavailable("Redis") from None
+        if not attempt.allowed:
+            service.metrics.logins["rate_limited"] += 1
+            service.blocked(attempt, ip, clinic=clinic, email=email)
+        failed = False
+        try:
+            pair = await service.in_thread(call, threads=service.login_threads)
+        except sessions.AuthFailed as exc:
+            failed = True
+            service.metrics.logins["failure"] += 1
+            service.log.info("login_failed", reason=exc.reason, ip=ip)
+            raise ApiError(
+                401, "invalid_credentials", "invalid clinic, email or password"
+            ) from None
+        finally:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await service.limiter.login_finished(clinic, email, ip, failed=failed)
     service.metrics.logins["success"] += 1
-    with contextlib.suppress(*REDIS_ERRORS):
-        await service.limiter.login_succeeded(clinic, email, ip)
     service.log.info("login", user=pair.claims["sub"], session=pair.claims["sid"], ip=ip)
     return JSONResponse(pair.to_dict(), headers={"Cache-Control": "no-store"})
 

@@ -1,8 +1,9 @@
 """Fixed-window rate limits in Redis, each decision one atomic Lua call.
 
-Login attempts are counted *before* the password is checked (check-and-increment in one
-script), so N parallel guesses cannot all slip under the limit, and no increment is lost. A
-successful login clears the account counter and gives back its IP count.
+Failed logins are counted per clinic+email and per IP. A password check is admitted only if
+failures + checks in flight stay under the limit (one script: check and reserve), so N
+parallel wrong guesses cannot all slip under it; each failure is an atomic INCR, so none is
+lost. A successful login clears the account's failures.
 
 The request limiter for /auth/* also answers the denylist question for /auth/verify in the
 same round trip, so the hot path costs one Redis call.
@@ -37,24 +38,47 @@ return {count, ttl, denied}
 """
 
 _LOGIN_ATTEMPT = """
-local result = {}
-for i = 1, 2 do
-  local n = redis.call('INCR', KEYS[i])
-  local ttl = redis.call('TTL', KEYS[i])
-  if ttl < 0 then
-    redis.call('EXPIRE', KEYS[i], ARGV[3])
-    ttl = tonumber(ARGV[3])
+-- KEYS: per account then per IP: failures, checks in flight, "block audited" marker
+-- ARGV: account limit, IP limit; returns {limiter (0 = admitted), ttl, first block (0/1)}
+for i = 0, 1 do
+  local limit = tonumber(ARGV[i + 1])
+  if limit > 0 then
+    local failed = tonumber(redis.call('GET', KEYS[3 * i + 1]) or '0')
+    local flying = tonumber(redis.call('GET', KEYS[3 * i + 2]) or '0')
+    if failed + flying >= limit then
+      local ttl = redis.call('TTL', KEYS[3 * i + 1])
+      if ttl < 1 then ttl = 1 end
+      local first = redis.call('SET', KEYS[3 * i + 3], '1', 'NX', 'EX', ttl)
+      return {i + 1, ttl, first and 1 or 0}
+    end
   end
-  result[#result + 1] = n
-  result[#result + 1] = ttl
 end
-return result
+for i = 0, 1 do
+  redis.call('INCR', KEYS[3 * i + 2])
+  redis.call('EXPIRE', KEYS[3 * i + 2], 60)
+end
+return {0, 0, 0}
 """
 
-_LOGIN_SUCCESS = """
+_LOGIN_DONE = """
+-- KEYS as above; ARGV: 1 if the attempt failed, the failure window
+for i = 0, 1 do
+  if tonumber(redis.call('GET', KEYS[3 * i + 2]) or '0') > 0 then
+    redis.call('DECR', KEYS[3 * i + 2])
+  end
+end
+if ARGV[1] == '1' then
+  local counts = {}
+  for i = 0, 1 do
+    counts[i + 1] = redis.call('INCR', KEYS[3 * i + 1])
+    if redis.call('TTL', KEYS[3 * i + 1]) < 0 then
+      redis.call('EXPIRE', KEYS[3 * i + 1], ARGV[2])
+    end
+  end
+  return counts
+end
 redis.call('DEL', KEYS[1])
-if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
-return 1
+return {0, 0}
 """
 
 
@@ -103,7 +127,7 @@ class RateLimiter:
         self.limits = limits
         self._gate = _Script(client, _GATE)
         self._attempt = _Script(client, _LOGIN_ATTEMPT)
-        self._success = _Script(client, _LOGIN_SUCCESS)
+        self._done = _Script(client, _LOGIN_DONE)
 
     async def request(self, ip: str, claims: Claims | None = None) -> Decision:
         """Count one /auth/* request from `ip`; with claims, also report if they are revoked."""
@@ -125,29 +149,36 @@ class RateLimiter:
             revoked=bool(denied),
         )
 
-    async def login_attempt(self, clinic: str, email: str, ip: str) -> Decision:
-        """Count one login attempt against the account and the IP; refuse over either limit."""
-        rate = self.limits
-        keys = [account_key(clinic, email), f"{PREFIX}login:ip:{ip}"]
-        acct, acct_ttl, by_ip, ip_ttl = await self._attempt(
-            keys, [rate.login_failures_per_account, rate.login_failures_per_ip,
-                   rate.login_failure_window_s]
-        )  # fmt: skip
-        checks = [
-            ("failed_logins_per_account", rate.login_failures_per_account, acct, acct_ttl),
-            ("failed_logins_per_ip", rate.login_failures_per_ip, by_ip, ip_ttl),
-        ]
-        for name, limit, count, ttl in checks:
-            if limit > 0 and count > limit:
-                return Decision(False, limit, 0, int(ttl), name, first_block=count == limit + 1)
-        active = [(limit - count, limit, ttl) for _, limit, count, ttl in checks if limit > 0]
-        if not active:
-            return Decision(True, 0, 0, 0)
-        remaining, limit, ttl = min(active)
-        return Decision(True, limit, remaining, int(ttl))
+    def _login_keys(self, clinic: str, email: str, ip: str) -> list[str]:
+        account, by_ip = account_key(clinic, email), f"{PREFIX}login:ip:{ip}"
+        return [k + s for k in (account, by_ip) for s in ("", ":flying", ":blocked")]
 
-    async def login_succeeded(self, clinic: str, email: str, ip: str) -> None:
-        await self._success([account_key(clinic, email), f"{PREFIX}login:ip:{ip}"])
+    async def login_attempt(self, clinic: str, email: str, ip: str) -> Decision:
+        """Admit one password check unless failures + checks in flight reach a limit.
+
+        Call while holding a bcrypt slot: in-flight checks are then bounded by the slots, so
+        parallel correct logins are never blocked, and parallel wrong guesses never exceed the
+        limit. Every admitted attempt must end with `login_finished`.
+        """
+        rate = self.limits
+        which, ttl, first = await self._attempt(
+            self._login_keys(clinic, email, ip),
+            [rate.login_failures_per_account, rate.login_failures_per_ip],
+        )
+        if which == 0:
+            return Decision(True, 0, 0, 0)
+        name, limit = [
+            ("failed_logins_per_account", rate.login_failures_per_account),
+            ("failed_logins_per_ip", rate.login_failures_per_ip),
+        ][which - 1]
+        return Decision(False, limit, 0, int(ttl), name, first_block=bool(first))
+
+    async def login_finished(self, clinic: str, email: str, ip: str, *, failed: bool) -> None:
+        """Count a failure (atomic INCR, never lost) or clear the account's failures."""
+        await self._done(
+            self._login_keys(clinic, email, ip),
+            ["1" if failed else "0", self.limits.login_failure_window_s],
+        )
 
     async def failures(self, clinic: str, email: str) -> int:
         """The account's attempt count in the current window (for tests and the admin CLI)."""

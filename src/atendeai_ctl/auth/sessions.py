@@ -188,10 +188,10 @@ def login(
     new_hash = None
     if reason is None and passwords.needs_rehash(stored, settings):
         new_hash = passwords.hash_password(password, settings.with_(min_password_length=0))
-    with pool.connection() as conn, conn.transaction():
-        set_tenant(conn, cand.clinic_id)
-        actor = f"user:{cand.user_id}" if cand.user_id else "anonymous"
-        if reason is not None:
+    actor = f"user:{cand.user_id}" if cand.user_id else "anonymous"
+    if reason is not None:
+        with pool.connection() as conn, conn.transaction():
+            set_tenant(conn, cand.clinic_id)
             audit.record(
                 conn,
                 action="login",
@@ -202,7 +202,9 @@ def login(
                 ip=ip,
                 detail={"reason": reason, "clinic": clinic[:64]},
             )
-            raise AuthFailed(reason)
+        raise AuthFailed(reason)
+    with pool.connection() as conn, conn.transaction():
+        set_tenant(conn, cand.clinic_id)
         assert cand.clinic_id and cand.user_id and cand.role
         conn.execute(
             "UPDATE atendeai.users SET last_login_at = now(),"
@@ -288,9 +290,13 @@ def refresh(
     refresh_token: str,
     ip: str | None = None,
 ) -> TokenPair:
-    """Spend a refresh token and return its successor with a new access token."""
+    """Spend a refresh token and return its successor with a new access token.
+
+    Pipelined: BEGIN, the tenant lookup and the locking SELECT go in one round trip, the
+    rotation (one statement) and COMMIT in a second.
+    """
     token_hash = refresh_token_hash(refresh_token)
-    with conn.transaction():
+    with conn.pipeline(), conn.transaction():
         conn.execute(
             "SELECT set_config('atendeai.clinic_id',"
             " coalesce(atendeai.refresh_token_clinic(%s)::text, ''), true)",

@@ -1,0 +1,160 @@
+"""Fixtures for the auth tests: a migrated database, keys, settings and a live uvicorn server.
+
+The schema comes from the real migrations (atendeai_ctl.db.migrations.upgrade), and the
+service connects as the RLS-bound `atendeai_app` role exactly as in production.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from atendeai_ctl.auth import clinics, users
+from atendeai_ctl.auth.http import AuthApp, Service
+from atendeai_ctl.auth.keys import KeyRing, ensure_signing_key
+from atendeai_ctl.auth.log import JsonLog
+from atendeai_ctl.auth.settings import AuthSettings, RateLimits
+from tests.servers import PostgresServer, free_port
+
+APP_PASSWORD = "app-role-test-password"
+PASSWORD = "correct horse battery"
+FAST = AuthSettings(bcrypt_cost=10)
+
+
+@dataclass
+class AuthDb:
+    admin_url: str
+    app_url: str
+
+
+@pytest.fixture
+def auth_db(pg: PostgresServer, database_url: str) -> AuthDb:
+    """A fresh database at the migrations' head; the app role's password set."""
+    from atendeai_ctl.db.migrations import upgrade
+
+    upgrade(database_url, app_password=APP_PASSWORD)
+    name = database_url.rsplit("/", 1)[1]
+    return AuthDb(database_url, pg.url(name, user="atendeai_app", password=APP_PASSWORD))
+
+
+@pytest.fixture
+def admin_conn(auth_db: AuthDb) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(auth_db.admin_url) as conn:
+        yield conn
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "jwt"
+    ensure_signing_key(path)
+    return path
+
+
+@pytest.fixture
+def clinic_user(admin_conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """Clinic 'alpha' with one active staff user; returns (slug, email)."""
+    clinics.create_clinic(admin_conn, slug="alpha", name="Alpha Clinic", actor="cli:test")
+    users.create_user(
+        admin_conn,
+        FAST,
+        clinic="alpha",
+        email="ana@alpha.test",
+        password=PASSWORD,
+        actor="cli:test",
+    )
+    return "alpha", "ana@alpha.test"
+
+
+@dataclass
+class LiveServer:
+    url: str
+    service: Service
+    log: io.StringIO
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def login(self, clinic: str = "alpha", email: str = "ana@alpha.test") -> dict[str, Any]:
+        with self.client() as http:
+            response = http.post(
+                "/auth/login", json={"clinic": clinic, "email": email, "password": PASSWORD}
+            )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@contextmanager
+def live_server(
+    auth_db: AuthDb,
+    redis_url: str,
+    keys_dir: Path,
+    settings: AuthSettings = FAST,
+    pool_max: int = 10,
+) -> Iterator[LiveServer]:
+    """uvicorn (uvloop + httptools) in a thread on a free loopback port."""
+    log = io.StringIO()
+    service = Service(
+        settings=settings,
+        ring=KeyRing(directory=keys_dir),
+        database_url=auth_db.app_url,
+        redis_url=redis_url,
+        pool_max=pool_max,
+        log=JsonLog("debug", stream=log),
+    )
+    port = free_port()
+    config = uvicorn.Config(
+        AuthApp(service),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the auth server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", service, log)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture
+def server(
+    auth_db: AuthDb, redis_url: str, keys_dir: Path, clinic_user: tuple[str, str]
+) -> Iterator[LiveServer]:
+    with live_server(auth_db, redis_url, keys_dir) as live:
+        yield live
+
+
+def strict_limits(**changes: int) -> AuthSettings:
+    return FAST.with_(rate=RateLimits(**changes))
+
+
+def dead_redis_url() -> str:
+    """A Redis URL nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
