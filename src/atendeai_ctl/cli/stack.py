@@ -57,22 +57,27 @@ def up(
         )
     if as_json:
         print_json(report.to_dict())
+        if report.failure is not None:
+            raise typer.Exit(1)  # the report itself carries the failure: one document
+        return
     if report.failure is not None:
         failure = report.failure
-        if not as_json:
-            info(f"--- {failure.service}: last {len(failure.logs)} log lines ---")
-            for line in failure.logs:
-                info(line)
-            if failure.health_output:
-                info(f"--- {failure.service}: health check output ---\n{failure.health_output}")
+        info(f"--- {failure.service}: last {len(failure.logs)} log lines ---")
+        for line in failure.logs:
+            info(line)
+        if failure.health_output:
+            info(f"--- {failure.service}: health check output ---\n{failure.health_output}")
         raise AtendeaiError(
             "failed",
             f"service {failure.service} failed: {failure.reason}"
-            + (f" (exit code {failure.exit_code})" if failure.exit_code is not None else ""),
+            + (
+                f" (exit code {failure.exit_code})"
+                if failure.exit_code is not None and "code" not in failure.reason
+                else ""
+            ),
             f"`atendeai logs {failure.service}` for more; the other services are left running",
         )
-    if not as_json:
-        info(f"{cfg.project} is up on {engine.name} in {report.seconds:.1f}s")
+    info(f"{cfg.project} is up on {engine.name} in {report.seconds:.1f}s")
 
 
 def down(

@@ -8,6 +8,7 @@ content hash label and are rebuilt only when that hash changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -264,7 +265,18 @@ def build_image(
                 progress(f"build {service.image}", event["stream"].strip(), None, None)
             if "aux" in event and "ID" in event["aux"]:
                 image_id = event["aux"]["ID"]
-    return str(image_id or client.api.inspect_image(service.image)["Id"])
+    new_id = str(image_id or client.api.inspect_image(service.image)["Id"])
+    if current and current["Id"] != new_id:
+        _remove_quietly(client, str(current["Id"]))
+    return new_id
+
+
+def _remove_quietly(client: docker.DockerClient, image_id: str) -> None:
+    """Drop the image a rebuild replaced, unless a container still uses it."""
+    from docker.errors import APIError
+
+    with contextlib.suppress(APIError):
+        client.api.remove_image(image_id)
 
 
 def ensure_images(

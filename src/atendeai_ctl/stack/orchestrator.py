@@ -206,7 +206,7 @@ class _Up:
             if time.monotonic() > deadline:
                 return self.fail(service, f"not ready after {self.timeout:g}s (--timeout)", output)
             time.sleep(delay)
-            delay, tick = min(delay * 1.5, 0.5), tick + 1
+            delay, tick = min(delay * 1.5, 0.25), tick + 1
 
     def settled_by_state(self, service: Service, output: str, restarts: int) -> bool:
         status = self.runtime.inspect(service)
