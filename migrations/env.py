@@ -10,7 +10,8 @@ ATENDEAI_APP_DB_PASSWORD. Either way the same safety applies:
 - one transaction per migration, so a failing migration leaves the schema exactly as the
   previous one left it;
 - a lock_timeout for the DDL, so a migration stuck behind a long transaction fails instead of
-  queueing every other query on that table behind its own lock request.
+  queueing every other query on that table behind its own lock request;
+- at base nothing is left: the version table and the empty schema are dropped too.
 """
 
 from __future__ import annotations
@@ -104,6 +105,18 @@ def set_app_password(connection: Connection) -> None:
     config.attributes["app_role_exists"] = has_role
 
 
+def leave_nothing_at_base(connection: Connection) -> None:
+    """At base, drop the version table and the then empty schema: no trace of atendeai left."""
+    if context.get_context().get_current_heads():
+        return
+    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {SCHEMA}.alembic_version")
+    connection.exec_driver_sql(
+        f"DO $$ BEGIN DROP SCHEMA {SCHEMA}; "
+        "EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END $$"
+    )
+    connection.commit()
+
+
 def run_migrations_online() -> None:
     url = database_url()
     if url is None:
@@ -123,6 +136,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         set_app_password(connection)
+        leave_nothing_at_base(connection)
     engine.dispose()
 
 

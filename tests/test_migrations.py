@@ -45,9 +45,6 @@ def test_up_from_empty_reaches_head(database_url: str) -> None:
 
 def test_stairway_each_revision_up_down_up(database_url: str) -> None:
     """Each downgrade restores exactly the schema its upgrade started from."""
-    # The first run leaves schema atendeai and its version table behind, by design.
-    migrations.upgrade(database_url, revisions()[0])
-    migrations.rollback(database_url, to="base")
     for revision in revisions():
         before = schema_dump(database_url)
         migrations.upgrade(database_url, revision)
@@ -68,20 +65,22 @@ def test_up_down_up_gives_an_identical_schema(database_url: str) -> None:
     assert "CREATE TABLE atendeai.clinics" in first
 
 
-def test_down_to_base_leaves_nothing_but_the_version_table(database_url: str) -> None:
+def test_down_to_base_leaves_no_trace(database_url: str) -> None:
+    empty = schema_dump(database_url)
     migrations.upgrade(database_url)
     outcome = migrations.rollback(database_url, to="base")
     assert outcome.applied == list(reversed(revisions()))
-    assert tables(database_url) == {"alembic_version"}
+    assert tables(database_url) == set()
+    assert schema_dump(database_url) == empty
     with psycopg.connect(database_url) as conn:
         leftovers = conn.execute(
             "SELECT 'function ' || p.proname FROM pg_proc p "
             "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'atendeai' "
             "UNION ALL SELECT 'type ' || t.typname FROM pg_type t "
             "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = 'atendeai' "
-            "AND t.typname NOT LIKE '%alembic_version' "
             "UNION ALL SELECT 'policy ' || policyname FROM pg_policies "
-            "WHERE schemaname = 'atendeai'"
+            "WHERE schemaname = 'atendeai' "
+            "UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname = 'atendeai'"
         ).fetchall()
     assert leftovers == []
     assert migrations.status(database_url).current is None

@@ -141,7 +141,7 @@ def test_rollback_dry_run_and_no_backup(database_url: str, state_dir: Path) -> N
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["applied"] == ["0003", "0002", "0001"]
-    assert tables(database_url) == {"alembic_version"}
+    assert tables(database_url) == set()
     assert not list((state_dir / "atendeai" / "backups").glob("*"))
 
 
