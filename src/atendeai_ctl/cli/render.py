@@ -75,14 +75,22 @@ def confirm(question: str, *, yes: bool) -> None:
 
 
 class LiveProgress:
-    """Per-service lines (waiting / starting / healthy, elapsed seconds) and pull/build bars.
+    """Per-service lines (waiting / starting / healthy, elapsed seconds) and pull/build steps.
 
-    On a terminal it redraws in place; otherwise each change is one plain line on stderr.
+    On a terminal it redraws in place (byte counts as bars); otherwise each change is one
+    plain line on stderr.
     """
 
+    FINAL = frozenset({"healthy", "started", "completed", "failed"})
+
     def __init__(self, services: Sequence[str], *, enabled: bool = True) -> None:
+        import time
+
         self.enabled = enabled
+        self.clock = time.monotonic
+        self.t0 = self.clock()
         self.rows: dict[str, tuple[str, float, str]] = {s: ("pending", 0.0, "") for s in services}
+        self.steps: dict[str, str] = {}
         self.fancy = enabled and fancy(sys.stderr)
         self._live: Any = None
         self._bars: Any = None
@@ -91,43 +99,43 @@ class LiveProgress:
 
     def __enter__(self) -> LiveProgress:
         if self.fancy:
-            from rich.console import Console, Group
+            from rich.console import Console
             from rich.live import Live
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-            self._bars = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), transient=True
-            )
-            self._group = Group
+            self._bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn())
             self._live = Live(
-                self._render(), console=Console(stderr=True), refresh_per_second=8, transient=False
+                console=Console(stderr=True), refresh_per_second=8, get_renderable=self._render
             )
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
-            self._live.update(self._render())
+            self._live.refresh()
             self._live.__exit__(*exc)
 
     def _render(self) -> Any:
+        from rich.console import Group
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table.grid(padding=(0, 2))
         icons = {"healthy": "[green]✔[/]", "started": "[green]✔[/]", "completed": "[green]✔[/]",
                  "failed": "[red]✘[/]"}  # fmt: skip
+        for topic, message in self.steps.items():
+            table.add_row("[cyan]•[/]", escape(topic), "", "", escape(message[:70]))
+        now = self.clock() - self.t0
         for name, (phase, elapsed, detail) in self.rows.items():
-            mark = icons.get(phase, "[yellow]…[/]")
-            table.add_row(mark, name, phase, f"{elapsed:5.1f}s", detail)
-        return self._group(self._bars, table) if self._tasks else table
+            shown = elapsed if phase in self.FINAL or phase == "pending" else now
+            table.add_row(icons.get(phase, "[yellow]…[/]"), name, phase, f"{shown:5.1f}s", detail)
+        return Group(self._bars, table) if self._tasks else table
 
     def event(self, service: str, phase: str, elapsed: float, detail: str) -> None:
         if not self.enabled:
             return
         self.rows[service] = (phase, elapsed, detail)
-        if self._live is not None:
-            self._live.update(self._render())
-        else:
+        if self._live is None:
             info(f"{service}: {phase}{' ' + detail if detail else ''} ({elapsed:.1f}s)")
 
     def progress(
@@ -136,11 +144,13 @@ class LiveProgress:
         if not self.enabled:
             return
         if self._live is not None:
+            if total is None:
+                self.steps[topic] = message
+                return
             task = self._tasks.get(topic)
             if task is None:
                 task = self._tasks[topic] = self._bars.add_task(topic, total=total)
             self._bars.update(task, completed=completed or 0, total=total)
-            self._live.update(self._render())
         elif self._last_line.get(topic) != message and total is None:
             self._last_line[topic] = message
             info(f"{topic}: {message}")
