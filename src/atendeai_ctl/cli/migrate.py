@@ -123,7 +123,11 @@ def rollback(
     ] = None,
     to: Annotated[
         str | None,
-        typer.Option("--to", help="Undo every migration after REVISION ('base': all of them)."),
+        typer.Option(
+            "--to",
+            metavar="REVISION",
+            help="Undo every migration after REVISION ('base': all of them).",
+        ),
     ] = None,
     yes: YesOption = False,
     dry_run: DryRunOption = False,
