@@ -193,8 +193,8 @@ def load_config(
     settings.setdefault("ATENDEAI_PROJECT", Setting(project, "default"))
     state_root = Path(state_root_setting.value).expanduser().resolve()
     config = Config(project_dir, settings, state_root)
-    for key, value in (("ATENDEAI_UID", os.getuid()), ("ATENDEAI_GID", os.getgid())):
-        settings.setdefault(key, Setting(str(value), "derived"))
+    for key, ident in (("ATENDEAI_UID", os.getuid()), ("ATENDEAI_GID", os.getgid())):
+        settings.setdefault(key, Setting(str(ident), "derived"))
     settings["ATENDEAI_JWT_KEYS_DIR"] = settings.get(
         "ATENDEAI_JWT_KEYS_DIR", Setting(str(state_root / project / "jwt"), "derived")
     )

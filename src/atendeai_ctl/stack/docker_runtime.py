@@ -16,6 +16,7 @@ from atendeai_ctl.stack.images import ensure_images
 from atendeai_ctl.stack.ports import port_holder, port_is_free
 from atendeai_ctl.stack.runtime import (
     EnsureResult,
+    Health,
     ProbeResult,
     Progress,
     PublishedPort,
@@ -257,7 +258,7 @@ class DockerRuntime:
             return ServiceStatus(service.name, "missing")
         info = self.api.inspect_container(container["Id"])
         state = info["State"]
-        health = "none"
+        health: Health = "none"
         if state.get("Health"):
             health = state["Health"]["Status"]
         ports = [

@@ -154,8 +154,8 @@ def _missing_for_target(wheels: Path, version: str, machine: str) -> list[str]:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    env = {
-        **default_environment(),
+    env: dict[str, str] = {
+        **{k: str(v) for k, v in default_environment().items()},
         "python_full_version": version,
         "python_version": ".".join(version.split(".")[:2]),
         "platform_machine": machine,
