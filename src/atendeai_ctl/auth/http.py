@@ -215,7 +215,7 @@ class Service:
         except DB_ERRORS:
             raise _unavailable("the database") from None
 
-    async def gate(self, ip: str, claims: Claims | None = None, *, clinic: str = "") -> Decision:
+    async def gate(self, ip: str, claims: Claims | None = None) -> Decision:
         """The per-IP request limit (and, for a token, its revocation) in one Redis call."""
         assert self.limiter is not None
         try:
@@ -223,7 +223,7 @@ class Service:
         except REDIS_ERRORS:
             raise _unavailable("Redis") from None
         if not decision.allowed:
-            self.blocked(decision, ip, clinic=clinic)
+            self.blocked(decision, ip)
         return decision
 
     def blocked(self, decision: Decision, ip: str, *, clinic: str = "", email: str = "") -> None:
@@ -323,10 +323,10 @@ def _service(request: Request) -> Service:
 
 async def login(request: Request) -> Response:
     service = _service(request)
+    ip = _client_ip(request.scope)
+    await service.gate(ip)
     body = await _json_object(request, {"clinic": 63, "email": 254, "password": 1024})
     clinic, email, password = body["clinic"], body["email"], body["password"]
-    ip = _client_ip(request.scope)
-    await service.gate(ip, clinic=clinic)
     assert service.limiter is not None and service.pool is not None
     call = functools.partial(
         sessions.login,
@@ -367,9 +367,9 @@ async def login(request: Request) -> Response:
 
 async def refresh(request: Request) -> Response:
     service = _service(request)
-    body = await _json_object(request, {"refresh_token": 512})
     ip = _client_ip(request.scope)
     await service.gate(ip)
+    body = await _json_object(request, {"refresh_token": 512})
 
     def run() -> sessions.TokenPair:
         assert service.pool is not None
@@ -395,9 +395,14 @@ async def refresh(request: Request) -> Response:
 
 
 async def _authorized(request: Request) -> tuple[Service, Claims, str]:
+    """Count the request, then accept only a valid, unrevoked bearer token."""
     service = _service(request)
-    claims = service.bearer_claims(request.scope)
     ip = _client_ip(request.scope)
+    try:
+        claims = service.bearer_claims(request.scope)
+    except ApiError:
+        await service.gate(ip)
+        raise
     decision = await service.gate(ip, claims)
     if decision.revoked:
         raise ApiError(401, "invalid_token", "invalid or expired token", UNAUTHORIZED)
