@@ -47,13 +47,25 @@ def tool_version(path: Path) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2) or 0)) if match else None
 
 
+def _wheel_bin_dir() -> str | None:
+    """The `local` extra's pgserver wheel carries PostgreSQL 16 client tools too."""
+    from importlib.util import find_spec
+
+    spec = find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin")
+
+
 def candidates(name: str, extra_dirs: Iterable[str] = TOOL_DIRS) -> list[Path]:
-    """Every distinct `name` on PATH or in the usual versioned PostgreSQL directories."""
+    """Every distinct `name` on PATH, in the usual versioned PostgreSQL directories, or in the
+    pgserver wheel."""
     found: list[Path] = []
     on_path = shutil.which(name)
     if on_path:
         found.append(Path(on_path))
-    for pattern in extra_dirs:
+    wheel_dir = _wheel_bin_dir()
+    for pattern in (*extra_dirs, *([wheel_dir] if wheel_dir else [])):
         found.extend(Path(p) / name for p in sorted(glob(pattern)))
     unique: dict[Path, Path] = {}
     for path in found:
