@@ -70,6 +70,29 @@ def test_up_from_nothing_brings_every_service_to_healthy(stack: Project) -> None
     assert sorted(res["volumes"]) == [f"{stack.name}_pgdata", f"{stack.name}_redisdata"]
 
 
+def test_schema_is_migrated_and_the_cli_targets_the_stack(stack: Project) -> None:
+    status = stack.run("migrate", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["pending"] == [] and doc["current"] == doc["head"]
+    backup = stack.state_dir / "stack.dump"
+    done = stack.run("db", "backup", "--output", str(backup))
+    assert done.returncode == 0, done.stderr
+    assert backup.read_bytes()[:5] == b"PGDMP"
+
+
+def test_auth_service_answers_on_the_published_port(stack: Project) -> None:
+    import urllib.request
+
+    base = f"http://127.0.0.1:{stack.env['ATENDEAI_AUTH_PORT']}"
+    with urllib.request.urlopen(f"{base}/health/ready", timeout=5) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(f"{base}/.well-known/jwks.json", timeout=5) as resp:
+        keys = json.load(resp)["keys"]
+    kid = next((stack.state_dir / stack.name / "jwt").glob("*.pem")).stem
+    assert [k["kid"] for k in keys] == [kid]
+
+
 def test_secrets_are_private_and_never_printed(stack: Project) -> None:
     secrets = stack.state_dir / stack.name / "secrets.env"
     assert secrets.stat().st_mode & 0o777 == 0o600
