@@ -75,7 +75,7 @@ def fake_tool(directory: Path, version: str) -> Path:
     return tool
 
 
-def test_the_newest_tool_not_older_than_the_server_is_chosen(tmp_path: Path) -> None:
+def test_the_tool_closest_to_the_server_and_not_older_is_chosen(tmp_path: Path) -> None:
     v14 = fake_tool(tmp_path / "14", "14.11")
     v16 = fake_tool(tmp_path / "16", "16.4 (Debian 16.4-1)")
     v15 = fake_tool(tmp_path / "15", "15.8")
@@ -84,8 +84,9 @@ def test_the_newest_tool_not_older_than_the_server_is_chosen(tmp_path: Path) -> 
     broken.write_text("#!/bin/sh\nexit 3\n")
     broken.chmod(0o755)
     tools = [v14, v16, v15, broken]
-    assert backup.find_tool("pg_dump", 15, tools).path == v16
-    assert backup.find_tool("pg_dump", 16, tools).major == 16
+    assert backup.find_tool("pg_dump", 15, tools).path == v15
+    assert backup.find_tool("pg_dump", 16, tools).path == v16
+    assert backup.find_tool("pg_dump", 13, tools).path == v14
     with pytest.raises(AtendeaiError) as raised:
         backup.find_tool("pg_dump", 17, tools)
     assert raised.value.code == "not_found"

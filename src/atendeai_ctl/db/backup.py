@@ -75,7 +75,7 @@ def candidates(name: str, extra_dirs: Iterable[str] = TOOL_DIRS) -> list[Path]:
 
 
 def find_tool(name: str, server_major: int | None, paths: Sequence[Path] | None = None) -> Tool:
-    """The newest `name` whose major version is >= the server's."""
+    """The `name` closest to the server's major version (not older than it), newest minor."""
     tools = []
     for path in candidates(name) if paths is None else paths:
         version = tool_version(path)
@@ -91,7 +91,8 @@ def find_tool(name: str, server_major: int | None, paths: Sequence[Path] | None 
             f"install the PostgreSQL {server_major or ''} client tools "
             "(e.g. apt-get install postgresql-client-16)",
         )
-    return max(usable)
+    closest = min(t.major for t in usable)
+    return max(t for t in usable if t.major == closest)
 
 
 def server_major(url: str) -> int:
