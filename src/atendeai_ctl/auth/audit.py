@@ -81,3 +81,28 @@ def list_audit(
             (clinic_id, action, action, actor, actor, limit),
         ).fetchall()
     return [AuditEntry(*row) for row in rows]
+
+
+def search_audit(
+    conn: Conn,
+    *,
+    clinic_id: UUID | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[AuditEntry]:
+    """Newest first, across every clinic when `clinic_id` is None (needs the owner role).
+
+    Rows without a clinic (logins for unknown slugs, key rotations) appear only then.
+    """
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT id, at, clinic_id, actor, action, target, outcome, host(ip), detail"
+            " FROM atendeai.audit_log"
+            " WHERE (%(c)s::uuid IS NULL OR clinic_id = %(c)s)"
+            " AND (%(a)s::text IS NULL OR action = %(a)s)"
+            " AND (%(s)s::timestamptz IS NULL OR at >= %(s)s)"
+            " ORDER BY at DESC, id DESC LIMIT %(n)s",
+            {"c": clinic_id, "a": action, "s": since, "n": limit},
+        ).fetchall()
+    return [AuditEntry(*row) for row in rows]

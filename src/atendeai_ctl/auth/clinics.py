@@ -121,3 +121,29 @@ def set_clinic_status(
         denylist.deny_sessions(denied)
     assert row is not None
     return Clinic(*row)
+
+
+def rename_clinic(conn: Conn, *, slug: str, name: str, actor: str) -> Clinic:
+    """Change the display name; the slug (what logins and URLs use) stays."""
+    if not 1 <= len(name) <= 200:
+        raise AtendeaiError("invalid", "clinic name must be 1 to 200 characters")
+    with conn.transaction():
+        clinic_id = enter_clinic(conn, slug)
+        previous = conn.execute(
+            "SELECT name FROM atendeai.clinics WHERE id = %s", (clinic_id,)
+        ).fetchone()
+        row = conn.execute(
+            f"UPDATE atendeai.clinics SET name = %s WHERE id = %s RETURNING {_COLUMNS}",
+            (name, clinic_id),
+        ).fetchone()
+        audit.record(
+            conn,
+            action="clinic.rename",
+            actor=actor,
+            outcome="success",
+            clinic_id=clinic_id,
+            target=f"clinic:{slug}",
+            detail={"from": previous[0] if previous else None, "to": name},
+        )
+    assert row is not None
+    return Clinic(*row)
