@@ -1,0 +1,179 @@
+"""Where an admin command acts and who it acts as.
+
+By default the running stack: its admin database URL, its Redis and its signing keys
+directory; `--database-url` / `--redis-url` (or ATENDEAI_DATABASE_URL / ATENDEAI_REDIS_URL)
+point at any other. The actor written to every audit row is the operator, `cli:<os user>`.
+
+`Admin.transaction()` is the one transaction of a command: library calls inside it nest as
+savepoints, and the Redis denylist writes they make happen before the commit, so a Redis
+failure rolls the database change back instead of leaving sessions revoked only on paper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from atendeai_ctl.errors import AtendeaiError
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis
+
+    from atendeai_ctl.auth.keys import KeyRing
+    from atendeai_ctl.auth.sessions import Denylist
+    from atendeai_ctl.auth.settings import AuthSettings
+    from atendeai_ctl.config import Config
+
+
+def operator_actor() -> str:
+    """`cli:<os user>`; the numeric uid when the account has no name (bare containers)."""
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):
+        name = f"uid-{os.getuid()}"
+    return f"cli:{name}"
+
+
+def _redis_where(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+@contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Any Redis client error in the block becomes one line naming the server (no password)."""
+    import redis
+
+    try:
+        yield
+    except redis.AuthenticationError as exc:
+        raise AtendeaiError(
+            "unauthorized",
+            f"Redis at {_redis_where(url)} rejected the credentials",
+            "check the password in --redis-url",
+        ) from exc
+    except redis.RedisError as exc:
+        raise AtendeaiError(
+            "unavailable",
+            f"cannot reach Redis at {_redis_where(url)}",
+            "start the stack with `atendeai up`, or check --redis-url",
+        ) from exc
+
+
+@dataclass
+class Admin:
+    """One command's view of the platform: connection, policy, operator, keys, denylist."""
+
+    config: Config
+    settings: AuthSettings
+    actor: str
+    conn: psycopg.Connection[Any] | None = None
+    client: redis.Redis | None = field(default=None, repr=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        if self.conn is None:
+            raise AtendeaiError("failed", "this command was opened without a database")
+        with self.conn.transaction():
+            yield self.conn
+
+    @property
+    def denylist(self) -> Denylist:
+        from atendeai_ctl.auth.sessions import Denylist
+
+        if self.client is None:
+            raise AtendeaiError("failed", "this command was opened without Redis")
+        return Denylist(self.client)
+
+    @property
+    def keys_dir(self) -> Path:
+        return Path(self.config.require("ATENDEAI_JWT_KEYS_DIR")).expanduser()
+
+    def ring(self) -> KeyRing:
+        from atendeai_ctl.auth.keys import KeyRing
+
+        return KeyRing(directory=self.keys_dir)
+
+
+def resolve_config(
+    *, database_url: str | None, redis_url: str | None, project_dir: Path | None
+) -> Config:
+    """Flags over the environment over the project's files, with the stack's secrets."""
+    from atendeai_ctl.config import load_config
+
+    return load_config(
+        {
+            "ATENDEAI_PROJECT_DIR": str(project_dir) if project_dir else None,
+            "ATENDEAI_DATABASE_URL": database_url,
+            "ATENDEAI_REDIS_URL": redis_url,
+        }
+    ).with_secrets(generate=False)
+
+
+def auth_settings(config: Config) -> AuthSettings:
+    """The auth policy (issuer, audience, bcrypt cost) as the service reads it: same sources."""
+    from atendeai_ctl.auth.settings import AuthSettings
+
+    return AuthSettings.from_env({key: s.value for key, s in config.settings.items()})
+
+
+@contextmanager
+def open_admin(
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    project_dir: Path | None = None,
+    need_redis: bool = False,
+    need_database: bool = True,
+) -> Iterator[Admin]:
+    """Connect (PostgreSQL in autocommit, so `transaction()` is a real BEGIN/COMMIT).
+
+    Redis is reached first when the command will write to the denylist: if it is down the
+    command stops before touching the database.
+    """
+    config = resolve_config(database_url=database_url, redis_url=redis_url, project_dir=project_dir)
+    admin = Admin(config, auth_settings(config), operator_actor())
+    with contextlib.ExitStack() as stack:
+        if need_redis:
+            admin.client = stack.enter_context(_redis_client(config.redis_url()))
+        if need_database:
+            admin.conn = stack.enter_context(_database(config.database_url()))
+        yield admin
+
+
+@contextmanager
+def _redis_client(url: str) -> Iterator[redis.Redis]:
+    import redis
+
+    with redis_errors(url):
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+        try:
+            client.ping()
+            yield client
+        finally:
+            client.close()
+
+
+@contextmanager
+def _database(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection whose driver errors, raised anywhere in the command, become one line."""
+    import psycopg
+
+    from atendeai_ctl.db.connect import connect, database_errors
+
+    with database_errors(url), connect(url, autocommit=True) as conn:
+        try:
+            yield conn
+        except psycopg.errors.DataError as exc:
+            raise AtendeaiError(
+                "invalid", f"the database refused a value: {exc.diag.message_primary}"
+            ) from exc
