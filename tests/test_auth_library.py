@@ -13,6 +13,7 @@ from psycopg_pool import ConnectionPool
 from atendeai_ctl.auth import audit, clinics, sessions, users
 from atendeai_ctl.auth._db import set_tenant
 from atendeai_ctl.auth.keys import KeyRing
+from atendeai_ctl.auth.refresh import refresh
 from atendeai_ctl.auth.tokens import Verifier, refresh_token_hash
 from atendeai_ctl.errors import AtendeaiError
 from tests.auth_helpers import FAST, PASSWORD, AuthDb
@@ -159,13 +160,13 @@ def test_refresh_rotation_and_reuse_revokes_the_session(
     first = sessions.login(app_pool, ring, FAST, clinic="alpha", email="ana@alpha.test",
                            password=PASSWORD)  # fmt: skip
     with app_pool.connection() as conn:
-        second = sessions.refresh(conn, ring, no_grace, denylist, refresh_token=first.refresh_token)
+        second = refresh(conn, ring, no_grace, denylist, refresh_token=first.refresh_token)
         assert second.claims["sid"] == first.claims["sid"]
         with pytest.raises(sessions.AuthFailed) as err:
-            sessions.refresh(conn, ring, no_grace, denylist, refresh_token=first.refresh_token)
+            refresh(conn, ring, no_grace, denylist, refresh_token=first.refresh_token)
         assert err.value.reason == "reuse"
         with pytest.raises(sessions.AuthFailed) as err:
-            sessions.refresh(conn, ring, no_grace, denylist, refresh_token=second.refresh_token)
+            refresh(conn, ring, no_grace, denylist, refresh_token=second.refresh_token)
         assert err.value.reason == "revoked"
     assert denylist.revoked(second.claims)
     assert len(_audit(admin_conn, "refresh_reuse")) == 1

@@ -30,7 +30,7 @@ import psycopg
 import redis
 import redis.asyncio as aioredis
 from anyio import CapacityLimiter
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -46,6 +46,7 @@ from atendeai_ctl.auth.log import REQUEST_ID, JsonLog
 from atendeai_ctl.auth.metrics import Metrics
 from atendeai_ctl.auth.openapi import DOCUMENT
 from atendeai_ctl.auth.ratelimit import Decision, RateLimiter
+from atendeai_ctl.auth.refresh import RefreshRefused, refresh_async
 from atendeai_ctl.auth.settings import AuthSettings
 from atendeai_ctl.auth.tokens import Claims, TokenError, Verifier
 from atendeai_ctl.errors import AtendeaiError
@@ -123,6 +124,7 @@ class Service:
         self.login_threads = CapacityLimiter(cores * 2)
         self.db_slots = CapacityLimiter(pool_max)
         self.pool: ConnectionPool | None = None
+        self.apool: AsyncConnectionPool | None = None
         self.redis: aioredis.Redis | None = None
         self.fast_redis: PipelinedRedis | None = None
         self.limiter: RateLimiter | None = None
@@ -167,6 +169,16 @@ class Service:
             name="atendeai-auth",
         )
         self.pool.open(wait=False)
+        self.apool = AsyncConnectionPool(
+            self.database_url,
+            min_size=1,
+            max_size=self.pool_max,
+            timeout=5,
+            open=False,
+            kwargs={"autocommit": True},
+            name="atendeai-auth-async",
+        )
+        await self.apool.open(wait=False)
         pool = aioredis.BlockingConnectionPool.from_url(
             self.redis_url, max_connections=128, timeout=2, socket_timeout=2,
             socket_connect_timeout=1,
@@ -192,6 +204,8 @@ class Service:
             await self.fast_redis.aclose()
         if self.denylist is not None:
             self.denylist.client.close()
+        if self.apool is not None:
+            await self.apool.close()
         if self.pool is not None:
             await anyio.to_thread.run_sync(self.pool.close)
 
@@ -255,6 +269,18 @@ class Service:
             await self.in_thread(write)
         except Exception as exc:
             self.log.error("audit_failed", action="rate_limited", error=type(exc).__name__)
+
+    async def deny_sessions(self, revoked: list[tuple[str, float]]) -> None:
+        assert self.fast_redis is not None
+        try:
+            await asyncio.gather(
+                *(
+                    self.fast_redis.call("SET", sessions.DENY_SID + sid, "1", "EX", int(ttl) + 1)
+                    for sid, ttl in revoked
+                )
+            )
+        except REDIS_ERRORS:
+            raise _unavailable("Redis") from None
 
     def bearer_claims(self, scope: Scope) -> Claims:
         token = _bearer(scope)
@@ -366,31 +392,25 @@ async def login(request: Request) -> Response:
 
 
 async def refresh(request: Request) -> Response:
+    """Runs on the event loop with an async connection: no thread hop on this busy route."""
     service = _service(request)
     ip = _client_ip(request.scope)
     await service.gate(ip)
     body = await _json_object(request, {"refresh_token": 512})
-
-    def run() -> sessions.TokenPair:
-        assert service.pool is not None
-        with service.pool.connection() as conn:
-            return sessions.refresh(
-                conn,
-                service.ring,
-                service.settings,
-                service.denylist,
-                refresh_token=body["refresh_token"],
-                ip=ip,
-            )
-
+    assert service.apool is not None
     try:
-        pair = await service.in_thread(run)
-    except sessions.AuthFailed as exc:
+        async with service.apool.connection() as conn:
+            pair = await refresh_async(
+                conn, service.ring, service.settings, refresh_token=body["refresh_token"], ip=ip
+            )
+    except RefreshRefused as exc:
         level = "warning" if exc.reason == "reuse" else "info"
         service.log.emit(level, "refresh_refused", reason=exc.reason, ip=ip)
+        if exc.revoked:
+            await service.deny_sessions(exc.revoked)
         raise ApiError(401, "invalid_refresh_token", "invalid refresh token") from None
-    except REDIS_ERRORS:
-        raise _unavailable("Redis") from None
+    except DB_ERRORS:
+        raise _unavailable("the database") from None
     return JSONResponse(pair.to_dict(), headers={"Cache-Control": "no-store"})
 
 

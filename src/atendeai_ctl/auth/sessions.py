@@ -1,11 +1,7 @@
 """Sessions and refresh tokens: login, rotation with reuse detection, logout, revocation.
 
-A session is one login (or one admin-issued token). Its refresh tokens form a chain: each
-refresh spends the presented token and issues its successor. Presenting a spent token again
-means it leaked; the whole session is revoked - unless the token was spent less than
-`refresh_grace_s` ago, which is one client racing itself (the session survives, the request
-gets 401). The row lock (FOR UPDATE) makes parallel refreshes of one token yield at most one
-success.
+A session is one login (or one admin-issued token); its refresh tokens form a chain (see
+refresh.py for rotation and reuse detection).
 
 Access tokens carry the session id (`sid`). Revoking a session writes `sid` (or a single
 `jti`) to a Redis denylist whose entries live as long as the tokens they block, so a revoked
@@ -84,7 +80,7 @@ class TokenPair:
         }
 
 
-def _session_ttl(expires_at: datetime) -> float:
+def session_ttl(expires_at: datetime) -> float:
     return max(1.0, expires_at.timestamp() - time.time())
 
 
@@ -234,35 +230,6 @@ def login(
     return pair
 
 
-_REFRESH_LOOKUP = """
-SELECT rt.id, rt.session_id, rt.used_at IS NOT NULL,
-       rt.used_at > now() - make_interval(secs => %(grace)s),
-       rt.revoked_at IS NOT NULL OR s.revoked_at IS NOT NULL,
-       rt.expires_at <= now(), s.user_id, u.role, u.status, c.status, rt.clinic_id, s.expires_at
-  FROM atendeai.refresh_tokens rt
-  JOIN atendeai.sessions s ON s.id = rt.session_id
-  JOIN atendeai.users u ON u.id = s.user_id
-  JOIN atendeai.clinics c ON c.id = rt.clinic_id
- WHERE rt.token_hash = %(h)s
-   FOR UPDATE OF rt
-"""
-
-_ROTATE = """
-WITH new AS (
-  INSERT INTO atendeai.refresh_tokens (clinic_id, session_id, token_hash, expires_at)
-  VALUES (%(c)s, %(s)s, %(h)s, now() + make_interval(secs => %(ttl)s)) RETURNING id, expires_at
-), spent AS (
-  UPDATE atendeai.refresh_tokens SET used_at = now(), replaced_by = (SELECT id FROM new)
-   WHERE id = %(old)s
-), sess AS (
-  UPDATE atendeai.sessions SET last_seen_at = now(), expires_at = (SELECT expires_at FROM new)
-   WHERE id = %(s)s
-)
-INSERT INTO atendeai.audit_log (clinic_id, actor, action, target, outcome, ip)
-VALUES (%(c)s, %(actor)s, 'refresh', %(target)s, 'success', %(ip)s)
-"""
-
-
 def _revoke_session_rows(
     conn: Conn, session_ids: list[UUID], reason: str
 ) -> list[tuple[str, float]]:
@@ -278,89 +245,7 @@ def _revoke_session_rows(
         " WHERE session_id = ANY(%s) AND revoked_at IS NULL",
         (session_ids,),
     )
-    return [(str(sid), _session_ttl(expires)) for sid, expires in rows]
-
-
-def refresh(
-    conn: Conn,
-    ring: KeyRing,
-    settings: AuthSettings,
-    denylist: Denylist | None,
-    *,
-    refresh_token: str,
-    ip: str | None = None,
-) -> TokenPair:
-    """Spend a refresh token and return its successor with a new access token.
-
-    Pipelined: BEGIN, the tenant lookup and the locking SELECT go in one round trip, the
-    rotation (one statement) and COMMIT in a second.
-    """
-    token_hash = refresh_token_hash(refresh_token)
-    with conn.pipeline(), conn.transaction():
-        conn.execute(
-            "SELECT set_config('atendeai.clinic_id',"
-            " coalesce(atendeai.refresh_token_clinic(%s)::text, ''), true)",
-            (token_hash,),
-        )
-        row = conn.execute(
-            _REFRESH_LOOKUP, {"h": token_hash, "grace": settings.refresh_grace_s}
-        ).fetchone()
-        if row is None:
-            raise AuthFailed("unknown_refresh_token", "invalid refresh token")
-        (rt_id, sid, used, in_grace, revoked, expired, user_id, role, user_status,
-         clinic_status, clinic_id, _) = row  # fmt: skip
-        actor = f"user:{user_id}"
-        reason = None
-        if revoked:
-            reason = "revoked"
-        elif used and in_grace:
-            reason = "concurrent_use"
-        elif used:
-            reason = "reuse"
-        elif expired:
-            reason = "expired"
-        elif user_status != "active" or clinic_status != "active":
-            reason = "disabled"
-        if reason is None:
-            new = new_refresh_token()
-            conn.execute(
-                _ROTATE,
-                {
-                    "c": clinic_id,
-                    "s": sid,
-                    "h": refresh_token_hash(new),
-                    "ttl": settings.refresh_ttl_s,
-                    "old": rt_id,
-                    "actor": actor,
-                    "target": f"session:{sid}",
-                    "ip": ip,
-                },
-            )
-            access, claims = issue_access_token(
-                ring,
-                settings,
-                user_id=str(user_id),
-                clinic_id=str(clinic_id),
-                session_id=str(sid),
-                role=role,
-            )
-            return TokenPair(access, new, settings.access_ttl_s, claims)
-        denied: list[tuple[str, float]] = []
-        if reason in ("reuse", "disabled"):
-            denied = _revoke_session_rows(conn, [sid], reason)
-        audit.record(
-            conn,
-            action="refresh_reuse" if reason == "reuse" else "refresh",
-            actor=actor,
-            outcome="denied" if reason == "reuse" else "failure",
-            clinic_id=clinic_id,
-            target=f"session:{sid}",
-            ip=ip,
-            detail={"reason": reason},
-        )
-    if denied and denylist is not None:
-        denylist.deny_sessions(denied)
-    raise AuthFailed(reason, "invalid refresh token")
+    return [(str(sid), session_ttl(expires)) for sid, expires in rows]
 
 
 def logout(
