@@ -241,7 +241,7 @@ def test_broken_compose_file_is_one_line(project: Project, tmp_path: Path) -> No
 
 
 def test_engine_unreachable(project: Project) -> None:
-    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    env = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "ATENDEAI_RUNTIME": "docker"}
     for command in (["status"], ["up"], ["down"]):
         done = project.run(*command, extra_env=env)
         assert done.returncode == 1, command

@@ -44,7 +44,7 @@ def up(
 
     cfg = prepare_state(_config(project_dir))
     spec = load_stack(cfg)
-    engine = open_runtime(cfg, runtime)
+    engine = open_runtime(cfg, runtime, say=info)
     seconds = timeout if timeout is not None else float(cfg.get("ATENDEAI_TIMEOUT") or 120)
     with LiveProgress(list(spec.services)) as live:
         report = orchestrator.up(
