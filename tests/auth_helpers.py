@@ -22,9 +22,10 @@ import pytest
 import uvicorn
 
 from atendeai_ctl.auth import clinics, users
-from atendeai_ctl.auth.http import AuthApp, Service
+from atendeai_ctl.auth.http import AuthApp
 from atendeai_ctl.auth.keys import KeyRing, ensure_signing_key
 from atendeai_ctl.auth.log import JsonLog
+from atendeai_ctl.auth.service import Service
 from atendeai_ctl.auth.settings import AuthSettings, RateLimits
 from tests.servers import PostgresServer, free_port
 

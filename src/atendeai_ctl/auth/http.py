@@ -5,10 +5,7 @@ every request, and answers the two hot routes itself - GET /auth/verify and GET
 /health/live - without building Request objects or walking a router. Everything else goes to
 a Starlette router. Blocking work (bcrypt, psycopg) runs in worker threads behind capacity
 limiters, so a burst of logins never stalls verification on the event loop.
-
-Configuration comes from the environment, so `uvicorn --workers N` children all build the
-same service: ATENDEAI_DATABASE_URL (the RLS-bound app role), ATENDEAI_REDIS_URL,
-ATENDEAI_JWT_KEYS_DIR or ATENDEAI_JWT_PRIVATE_KEY_FILE, and ATENDEAI_AUTH_* (settings.py).
+Per-worker state and the shared request steps live in service.py.
 """
 
 from __future__ import annotations
@@ -16,24 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import json
-import os
 import re
-import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-import anyio.to_thread
-import psycopg
-import redis
-import redis.asyncio as aioredis
-from anyio import CapacityLimiter
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -41,20 +27,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from atendeai_ctl.auth import audit, sessions
-from atendeai_ctl.auth._db import clinic_by_slug, set_tenant
-from atendeai_ctl.auth._resp import PipelinedRedis
-from atendeai_ctl.auth.keys import KeyRing
-from atendeai_ctl.auth.log import REQUEST_ID, JsonLog
-from atendeai_ctl.auth.metrics import Metrics
+from atendeai_ctl.auth import sessions
+from atendeai_ctl.auth._db import set_tenant
+from atendeai_ctl.auth.log import REQUEST_ID
 from atendeai_ctl.auth.openapi import DOCUMENT
-from atendeai_ctl.auth.ratelimit import Decision, RateLimiter
 from atendeai_ctl.auth.refresh import RefreshRefused, refresh_async
-from atendeai_ctl.auth.settings import AuthSettings
-from atendeai_ctl.auth.tokens import Claims, TokenError, Verifier
-from atendeai_ctl.errors import AtendeaiError
+from atendeai_ctl.auth.service import (
+    DB_ERRORS,
+    REDIS_ERRORS,
+    UNAUTHORIZED,
+    ApiError,
+    Service,
+    client_ip,
+    unavailable,
+)
+from atendeai_ctl.auth.tokens import Claims
 
-T = TypeVar("T")
 MAX_BODY = 16 * 1024
 REQUEST_ID_FORMAT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 KNOWN_ROUTES = frozenset(
@@ -71,265 +59,7 @@ KNOWN_ROUTES = frozenset(
         "/openapi.json",
     }
 )
-REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
-DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
 LIVE_BODY = b'{"status":"ok"}'
-
-
-class ApiError(Exception):
-    """An error answer: {"error": code, "message"} with a status and optional headers."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            {"error": self.code, "message": self.message}, self.status, headers=self.headers
-        )
-
-
-UNAUTHORIZED = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-
-
-def _unavailable(what: str) -> ApiError:
-    return ApiError(503, "unavailable", f"{what} is unavailable; try again shortly")
-
-
-class Service:
-    """Everything one worker process holds: settings, keys, pools, limiter, metrics."""
-
-    def __init__(
-        self,
-        *,
-        settings: AuthSettings,
-        ring: KeyRing,
-        database_url: str,
-        redis_url: str,
-        pool_max: int = 10,
-        log: JsonLog | None = None,
-    ) -> None:
-        self.settings = settings
-        self.ring = ring
-        self.verifier = Verifier(ring, settings)
-        self.database_url = database_url
-        self.redis_url = redis_url
-        self.pool_max = pool_max
-        self.log = log or JsonLog()
-        self.metrics = Metrics()
-        cores = os.cpu_count() or 2
-        self.bcrypt_slots = CapacityLimiter(cores)
-        self.bcrypt_threads = ThreadPoolExecutor(
-            cores, thread_name_prefix="bcrypt", initializer=_yield_cpu
-        )
-        self.db_slots = CapacityLimiter(pool_max)
-        self.pool: ConnectionPool | None = None
-        self.apool: AsyncConnectionPool | None = None
-        self.redis: aioredis.Redis | None = None
-        self.fast_redis: PipelinedRedis | None = None
-        self.limiter: RateLimiter | None = None
-        self.denylist: sessions.Denylist | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Service:
-        env = os.environ if environ is None else environ
-        key_file = env.get("ATENDEAI_JWT_PRIVATE_KEY_FILE")
-        keys_dir = env.get("ATENDEAI_JWT_KEYS_DIR")
-        if key_file:
-            ring = KeyRing(private_key_file=Path(key_file))
-        elif keys_dir:
-            ring = KeyRing(directory=Path(keys_dir))
-        else:
-            raise AtendeaiError(
-                "invalid", "set ATENDEAI_JWT_KEYS_DIR or ATENDEAI_JWT_PRIVATE_KEY_FILE"
-            )
-        for key in ("ATENDEAI_DATABASE_URL", "ATENDEAI_REDIS_URL"):
-            if not env.get(key):
-                raise AtendeaiError("invalid", f"{key} is not set")
-        return cls(
-            settings=AuthSettings.from_env(env),
-            ring=ring,
-            database_url=env["ATENDEAI_DATABASE_URL"],
-            redis_url=env["ATENDEAI_REDIS_URL"],
-            pool_max=int(env.get("ATENDEAI_AUTH_DB_POOL_MAX") or 10),
-            log=JsonLog(
-                env.get("ATENDEAI_AUTH_LOG_LEVEL", "info"),
-                access=env.get("ATENDEAI_AUTH_ACCESS_LOG", "1") != "0",
-            ),
-        )
-
-    async def start(self) -> None:
-        self.pool = ConnectionPool(
-            self.database_url,
-            min_size=1,
-            max_size=self.pool_max,
-            timeout=5,
-            open=False,
-            name="atendeai-auth",
-        )
-        self.pool.open(wait=False)
-        self.apool = AsyncConnectionPool(
-            self.database_url,
-            min_size=self.pool_max,
-            max_size=self.pool_max,
-            timeout=5,
-            open=False,
-            kwargs={"autocommit": True},
-            name="atendeai-auth-async",
-        )
-        await self.apool.open(wait=False)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.redis_url, max_connections=128, timeout=2, socket_timeout=2,
-            socket_connect_timeout=1,
-        )  # fmt: skip
-        self.redis = aioredis.Redis(connection_pool=pool)
-        self.fast_redis = PipelinedRedis(self.redis_url)
-        self.limiter = RateLimiter(self.fast_redis, self.settings.rate)
-        sync_client = redis.Redis.from_url(
-            self.redis_url, socket_timeout=2, socket_connect_timeout=1
-        )
-        self.denylist = sessions.Denylist(sync_client)
-        self._spawn(self._flush_metrics())
-        # Long-lived objects built so far (modules, keys, pools) leave the GC's view, and
-        # fewer young-generation passes run: shorter pauses on the request path.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(20_000, 20, 20)
-        self.log.info("started", pid=os.getpid(), signing_kid=self.ring.signing_kid)
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self.redis is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self.metrics.flush(self.redis)
-            await self.redis.aclose()
-        if self.fast_redis is not None:
-            await self.fast_redis.aclose()
-        if self.denylist is not None:
-            self.denylist.client.close()
-        if self.apool is not None:
-            await self.apool.close()
-        if self.pool is not None:
-            await anyio.to_thread.run_sync(self.pool.close)
-        self.bcrypt_threads.shutdown(wait=False, cancel_futures=True)
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _flush_metrics(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            with contextlib.suppress(*REDIS_ERRORS):
-                assert self.redis is not None
-                await self.metrics.flush(self.redis)
-
-    async def in_thread(self, func: Callable[..., T], *args: Any) -> T:
-        try:
-            return await anyio.to_thread.run_sync(func, *args, limiter=self.db_slots)
-        except DB_ERRORS:
-            raise _unavailable("the database") from None
-
-    async def bcrypt(self, func: Callable[[], T]) -> T:
-        """Run a login (bcrypt plus its two short transactions) on the niced bcrypt threads."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self.bcrypt_threads, func)
-        except DB_ERRORS:
-            raise _unavailable("the database") from None
-
-    async def gate(self, ip: str, claims: Claims | None = None) -> Decision:
-        """The per-IP request limit (and, for a token, its revocation) in one Redis call."""
-        assert self.limiter is not None
-        try:
-            decision = await self.limiter.request(ip, claims)
-        except REDIS_ERRORS:
-            raise _unavailable("Redis") from None
-        if not decision.allowed:
-            self.blocked(decision, ip)
-        return decision
-
-    def blocked(self, decision: Decision, ip: str, *, clinic: str = "", email: str = "") -> None:
-        """Count a 429, audit the first one of each window, and raise it."""
-        self.metrics.rate_limited[decision.limiter] += 1
-        self.log.warning("rate_limited", limiter=decision.limiter, ip=ip)
-        if decision.first_block:
-            self._spawn(self._audit_block(decision.limiter, ip, clinic, email))
-        raise ApiError(429, "rate_limited", "too many requests", decision.headers())
-
-    async def _audit_block(self, limiter: str, ip: str, clinic: str, email: str) -> None:
-        def write() -> None:
-            assert self.pool is not None
-            with self.pool.connection() as conn, conn.transaction():
-                found = clinic_by_slug(conn, clinic) if clinic else None
-                set_tenant(conn, found[0] if found else None)
-                audit.record(
-                    conn,
-                    action="rate_limited",
-                    actor="anonymous",
-                    outcome="denied",
-                    clinic_id=found[0] if found else None,
-                    target=f"email:{email.lower()}" if email else None,
-                    ip=ip,
-                    detail={"limiter": limiter},
-                )
-
-        try:
-            await self.in_thread(write)
-        except Exception as exc:
-            self.log.error("audit_failed", action="rate_limited", error=type(exc).__name__)
-
-    async def deny_sessions(self, revoked: list[tuple[str, float]]) -> None:
-        assert self.fast_redis is not None
-        try:
-            await asyncio.gather(
-                *(
-                    self.fast_redis.call("SET", sessions.DENY_SID + sid, "1", "EX", int(ttl) + 1)
-                    for sid, ttl in revoked
-                )
-            )
-        except REDIS_ERRORS:
-            raise _unavailable("Redis") from None
-
-    def bearer_claims(self, scope: Scope) -> Claims:
-        token = _bearer(scope)
-        if token is None:
-            raise ApiError(401, "invalid_token", "missing bearer token", UNAUTHORIZED)
-        try:
-            return self.verifier.verify(token)
-        except TokenError as exc:
-            self.log.info("token_refused", reason=exc.reason)
-            raise ApiError(401, "invalid_token", "invalid or expired token", UNAUTHORIZED) from None
-
-
-def _yield_cpu() -> None:
-    """bcrypt threads run at nice +10: when logins saturate the cores, the event loop (verify,
-    refresh) still gets the CPU first; with idle cores logins lose nothing."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-            return None
-    return None
-
-
-def _client_ip(scope: Scope) -> str:
-    client = scope.get("client")
-    return client[0] if client else "0.0.0.0"
 
 
 def _json_body_error() -> ApiError:
@@ -373,7 +103,7 @@ def _service(request: Request) -> Service:
 
 async def login(request: Request) -> Response:
     service = _service(request)
-    ip = _client_ip(request.scope)
+    ip = client_ip(request.scope)
     await service.gate(ip)
     body = await _json_object(request, {"clinic": 63, "email": 254, "password": 1024})
     clinic, email, password = body["clinic"], body["email"], body["password"]
@@ -393,7 +123,7 @@ async def login(request: Request) -> Response:
         try:
             attempt = await service.limiter.login_attempt(clinic, email, ip)
         except REDIS_ERRORS:
-            raise _unavailable("Redis") from None
+            raise unavailable("Redis") from None
         if not attempt.allowed:
             service.metrics.logins["rate_limited"] += 1
             service.blocked(attempt, ip, clinic=clinic, email=email)
@@ -418,7 +148,7 @@ async def login(request: Request) -> Response:
 async def refresh(request: Request) -> Response:
     """Runs on the event loop with an async connection: no thread hop on this busy route."""
     service = _service(request)
-    ip = _client_ip(request.scope)
+    ip = client_ip(request.scope)
     await service.gate(ip)
     body = await _json_object(request, {"refresh_token": 512})
     assert service.apool is not None
@@ -434,14 +164,14 @@ async def refresh(request: Request) -> Response:
             await service.deny_sessions(exc.revoked)
         raise ApiError(401, "invalid_refresh_token", "invalid refresh token") from None
     except DB_ERRORS:
-        raise _unavailable("the database") from None
+        raise unavailable("the database") from None
     return JSONResponse(pair.to_dict(), headers={"Cache-Control": "no-store"})
 
 
 async def _authorized(request: Request) -> tuple[Service, Claims, str]:
     """Count the request, then accept only a valid, unrevoked bearer token."""
     service = _service(request)
-    ip = _client_ip(request.scope)
+    ip = client_ip(request.scope)
     try:
         claims = service.bearer_claims(request.scope)
     except ApiError:
@@ -470,7 +200,7 @@ async def logout(request: Request) -> Response:
     try:
         count = await service.in_thread(run)
     except REDIS_ERRORS:
-        raise _unavailable("Redis") from None
+        raise unavailable("Redis") from None
     service.log.info("logout", user=claims["sub"], scope=scope, sessions=count)
     return Response(status_code=204)
 
@@ -634,7 +364,7 @@ class AuthApp:
 
     async def _verify(self, scope: Scope, send: Send) -> None:
         service = self.service
-        ip = _client_ip(scope)
+        ip = client_ip(scope)
         claims: Claims | None = None
         refused: ApiError | None = None
         try:

@@ -62,7 +62,7 @@ def serve(
     """Serve the auth HTTP API (uvicorn with uvloop and httptools)."""
     import uvicorn
 
-    from atendeai_ctl.auth.http import Service
+    from atendeai_ctl.auth.service import Service
 
     os.environ.update(service_environment(dict(os.environ)))
     Service.from_env()  # fail here, with a clear error, before any worker starts
