@@ -1,10 +1,12 @@
 """Time-to-all-healthy of `atendeai up` from cold volumes, against docker-compose (1.29) on the
 same compose file (`up -d`, then polling the engine until every container is healthy and the
-one-shot job has exited 0). Runs alternate; medians and the ratio are printed.
+one-shot job has exited 0). Runs alternate; medians and the ratio are printed. Each run also
+times `atendeai up --runtime local` (the embedded runtime) from a cold state dir.
 
-    python bench/up.py [--runs 3]
+    python bench/up.py [--runs 3] [--local-only]
 
-Needs a Docker engine and the images (scripts/offline-images prints the settings to export).
+Needs a Docker engine and the images (scripts/offline-images prints the settings to export),
+except with --local-only.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ def time_atendeai(env: dict[str, str]) -> float:
     return elapsed
 
 
+def time_local(env: dict[str, str]) -> float:
+    """The local runtime from nothing: a fresh state dir, so initdb is part of the time."""
+    with tempfile.TemporaryDirectory() as cold:
+        local_env = {**env, "ATENDEAI_STATE_DIR": cold, "ATENDEAI_RUNTIME": "local"}
+        try:
+            return time_atendeai(local_env)
+        finally:
+            atendeai("down", "--volumes", "--yes", env=local_env)
+
+
 def time_compose(env: dict[str, str], env_file: Path, project: str, services: int) -> float:
     started = time.perf_counter()
     compose("up", "-d", env=env, env_file=env_file, project=project)
@@ -80,6 +92,7 @@ def time_compose(env: dict[str, str], env_file: Path, project: str, services: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--local-only", action="store_true", help="Only the local runtime.")
     args = parser.parse_args()
     project = "atendeaibench"
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,6 +104,13 @@ def main() -> None:
             "ATENDEAI_REDIS_PORT": os.environ.get("ATENDEAI_REDIS_PORT", "26379"),
             "ATENDEAI_AUTH_PORT": os.environ.get("ATENDEAI_AUTH_PORT", "23001"),
         }
+        local: list[float] = []
+        if args.local_only:
+            for run in range(args.runs):
+                local.append(time_local(env))
+                print(f"run {run + 1}: atendeai --runtime local {local[-1]:.2f}s")
+            print(f"atendeai up --runtime local (cold) median {statistics.median(local):.2f}s")
+            return
         built = atendeai("build", env=env)  # images are not part of what is timed
         if built.returncode != 0:
             raise SystemExit(built.stderr)
@@ -105,11 +125,16 @@ def main() -> None:
             atendeai("down", "--volumes", "--yes", env=env)
             theirs.append(time_compose(env, env_file, project, services))
             compose("down", "-v", env=env, env_file=env_file, project=project)
-            print(f"run {run + 1}: atendeai {ours[-1]:.2f}s  docker-compose {theirs[-1]:.2f}s")
+            local.append(time_local(env))
+            print(
+                f"run {run + 1}: atendeai {ours[-1]:.2f}s  docker-compose {theirs[-1]:.2f}s  "
+                f"local {local[-1]:.2f}s"
+            )
         atendeai("down", "--volumes", "--yes", env=env)
     ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
     print(f"atendeai up        median {ours_median:.2f}s")
     print(f"docker-compose up  median {theirs_median:.2f}s")
+    print(f"atendeai up --runtime local (cold) median {statistics.median(local):.2f}s")
     print(f"ratio atendeai/docker-compose: {ours_median / theirs_median:.2f} (target <= 0.60)")
 
 
