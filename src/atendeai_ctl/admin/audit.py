@@ -38,7 +38,7 @@ def list_entries(
     if not 1 <= limit <= MAX_LIMIT:
         raise AtendeaiError("invalid", f"--limit must be from 1 to {MAX_LIMIT}, not {limit}")
     since = datetime.now(UTC) - timedelta(seconds=since_s) if since_s is not None else None
-    with admin.transaction() as conn:
+    with admin.transaction(owner=True) as conn:
         slugs = {c.id: c.slug for c in clinics.list_clinics(conn)}
         clinic_id = clinics.get_clinic(conn, normalize_slug(clinic)).id if clinic else None
         rows = audit.search_audit(

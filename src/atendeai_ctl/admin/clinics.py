@@ -45,7 +45,7 @@ def show(admin: Admin, slug: str) -> Clinic:
 
 
 def list_all(admin: Admin) -> list[Clinic]:
-    with admin.transaction() as conn:
+    with admin.transaction(owner=True) as conn:
         return clinics.list_clinics(conn)
 
 

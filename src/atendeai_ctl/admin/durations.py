@@ -15,8 +15,9 @@ TOKEN_TTL_MAX_S = 24 * 3600
 
 
 def _show(seconds: int) -> str:
+    """The largest whole unit, hours up to a day: "24h" reads better than "1d" for a TTL."""
     for unit in ("d", "h", "m"):
-        if seconds % _UNITS[unit] == 0:
+        if seconds % _UNITS[unit] == 0 and (unit != "d" or seconds > 86400):
             return f"{seconds // _UNITS[unit]}{unit}"
     return f"{seconds}s"
 

@@ -7,6 +7,12 @@ point at any other. The actor written to every audit row is the operator, `cli:<
 `Admin.transaction()` is the one transaction of a command: library calls inside it nest as
 savepoints, and the Redis denylist writes they make happen before the commit, so a Redis
 failure rolls the database change back instead of leaving sessions revoked only on paper.
+
+The admin URL is the schema owner, which bypasses row level security; the library's
+tenant-scoped queries rely on RLS to stay inside one clinic (a user is looked up by email
+alone, a clinic's users are "every user"). So a transaction runs as `atendeai_app` (SET LOCAL
+ROLE), under the same policies as the auth service; only the few reads that must span
+clinics (the clinic list, the audit trail) ask for the owner role explicitly.
 """
 
 from __future__ import annotations
@@ -80,10 +86,13 @@ class Admin:
     client: redis.Redis | None = field(default=None, repr=False)
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+    def transaction(self, *, owner: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """BEGIN ... COMMIT, as the RLS-bound app role unless `owner` (reads across clinics)."""
         if self.conn is None:
             raise AtendeaiError("failed", "this command was opened without a database")
         with self.conn.transaction():
+            if not owner:
+                act_as_app(self.conn)
             yield self.conn
 
     @property
@@ -102,6 +111,29 @@ class Admin:
         from atendeai_ctl.auth.keys import KeyRing
 
         return KeyRing(directory=self.keys_dir)
+
+
+APP_ROLE = "atendeai_app"
+
+
+def act_as_app(conn: psycopg.Connection[Any]) -> None:
+    """Row level security for the rest of the transaction (SET LOCAL ends with it)."""
+    import psycopg
+
+    try:
+        conn.execute(f"SET LOCAL ROLE {APP_ROLE}")
+    except psycopg.errors.InvalidParameterValue as exc:
+        raise AtendeaiError(
+            "not_ready",
+            f"the role {APP_ROLE} does not exist in this database",
+            "run `atendeai migrate up` first",
+        ) from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise AtendeaiError(
+            "unauthorized",
+            f"the admin database user may not act as {APP_ROLE}",
+            f"connect as a superuser or a member of {APP_ROLE}",
+        ) from exc
 
 
 def resolve_config(

@@ -98,7 +98,7 @@ def revoke_jti(admin: Admin, jti: str) -> None:
         jti = str(uuid.UUID(jti.strip()))
     except ValueError:
         raise AtendeaiError("invalid", f"{jti[:60]!r} is not a token id (a UUID)") from None
-    with admin.transaction() as conn:
+    with admin.transaction(owner=True) as conn:
         found = _issued_record(conn, jti)
         clinic_id, ttl = found if found else (None, float(max_token_lifetime(admin)))
         audit.record(

@@ -8,7 +8,7 @@ from typing import Any
 
 from atendeai_ctl.admin.names import check_name
 from atendeai_ctl.admin.slugs import normalize_slug
-from atendeai_ctl.admin.target import Admin
+from atendeai_ctl.admin.target import Admin, act_as_app
 from atendeai_ctl.auth import clinics, users
 from atendeai_ctl.auth.users import User
 from atendeai_ctl.errors import AtendeaiError
@@ -80,12 +80,13 @@ def show(admin: Admin, *, clinic: str, email: str) -> Member:
 
 def list_members(admin: Admin, *, clinic: str | None) -> list[Member]:
     """One clinic's users, or every clinic's (by slug, then email) when `clinic` is None."""
-    with admin.transaction() as conn:
+    with admin.transaction(owner=True) as conn:
         slugs = (
             [normalize_slug(clinic)]
             if clinic is not None
             else [c.slug for c in clinics.list_clinics(conn)]
         )
+        act_as_app(conn)
         return [Member(s, u) for s in slugs for u in users.list_users(conn, clinic=s)]
 
 
