@@ -229,8 +229,9 @@ def test_malformed_requests_get_json_errors(server: LiveServer) -> None:
         assert huge.status_code == 413
         missing = http.get("/nowhere")
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
-        wrong = http.get("/auth/login")
-        assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+        for path in ("/auth/login", "/auth/refresh"):
+            wrong = http.get(path)
+            assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
         no_token = http.get("/auth/verify")
         assert no_token.status_code == 401 and "Bearer" in no_token.headers["www-authenticate"]
 

@@ -66,15 +66,27 @@ def _json_body_error() -> ApiError:
     return ApiError(400, "invalid_request", "the body must be a JSON object")
 
 
-async def _json_object(
-    request: Request, fields: Mapping[str, int], *, optional: bool = False
-) -> dict[str, Any]:
-    """The body as a dict of required string fields (name -> max length)."""
+def _compact(document: Any) -> bytes:
+    """JSON as Starlette's JSONResponse writes it (no spaces), for the raw-front routes."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def _read_body(receive: Receive) -> bytes:
     body = b""
-    async for chunk in request.stream():
-        body += chunk
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
         if len(body) > MAX_BODY:
             raise ApiError(413, "too_large", f"the body exceeds {MAX_BODY} bytes")
+    return body
+
+
+def _parse_object(body: bytes, fields: Mapping[str, int], *, optional: bool = False) -> Any:
+    """The body as a dict of string fields (name -> max length), required unless optional."""
     if optional and not body.strip():
         return {}
     try:
@@ -94,6 +106,15 @@ async def _json_object(
                 f"'{name}' must be a non-empty string of at most {limit} characters",
             )
     return data
+
+
+async def _json_object(
+    request: Request, fields: Mapping[str, int], *, optional: bool = False
+) -> dict[str, Any]:
+    parsed: dict[str, Any] = _parse_object(
+        await _read_body(request.receive), fields, optional=optional
+    )
+    return parsed
 
 
 def _service(request: Request) -> Service:
@@ -145,12 +166,12 @@ async def login(request: Request) -> Response:
     return JSONResponse(pair.to_dict(), headers={"Cache-Control": "no-store"})
 
 
-async def refresh(request: Request) -> Response:
-    """Runs on the event loop with an async connection: no thread hop on this busy route."""
-    service = _service(request)
-    ip = client_ip(request.scope)
+async def refresh(service: Service, scope: Scope, receive: Receive) -> bytes:
+    """POST /auth/refresh, served by the raw front (no Request object, no router): with an
+    async connection on the event loop, this busy route costs no thread hop either."""
+    ip = client_ip(scope)
     await service.gate(ip)
-    body = await _json_object(request, {"refresh_token": 512})
+    body = _parse_object(await _read_body(receive), {"refresh_token": 512})
     assert service.apool is not None
     try:
         async with service.apool.connection() as conn:
@@ -165,7 +186,7 @@ async def refresh(request: Request) -> Response:
         raise ApiError(401, "invalid_refresh_token", "invalid refresh token") from None
     except DB_ERRORS:
         raise unavailable("the database") from None
-    return JSONResponse(pair.to_dict(), headers={"Cache-Control": "no-store"})
+    return _compact(pair.to_dict())
 
 
 async def _authorized(request: Request) -> tuple[Service, Claims, str]:
@@ -288,7 +309,6 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 def _router(service: Service) -> Starlette:
     routes = [
         Route("/auth/login", login, methods=["POST"]),
-        Route("/auth/refresh", refresh, methods=["POST"]),
         Route("/auth/logout", logout, methods=["POST"]),
         Route("/auth/me", me, methods=["GET"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
@@ -340,6 +360,8 @@ class AuthApp:
         try:
             if path == "/auth/verify" and scope["method"] == "GET":
                 await self._verify(scope, send_with_id)
+            elif path == "/auth/refresh":
+                await self._refresh(scope, receive, send_with_id)
             elif path == "/health/live" and scope["method"] == "GET":
                 await _send(send_with_id, 200, LIVE_BODY)
             else:
@@ -384,7 +406,19 @@ class AuthApp:
             revoked = ApiError(401, "invalid_token", "invalid or expired token", UNAUTHORIZED)
             await _send_error(send, revoked, decision.headers())
             return
-        await _send(send, 200, json.dumps(claims).encode(), decision.headers())
+        await _send(send, 200, _compact(claims), decision.headers())
+
+    async def _refresh(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            error = ApiError(405, "method_not_allowed", "Method Not Allowed", {"Allow": "POST"})
+            await _send_error(send, error)
+            return
+        try:
+            body = await refresh(self.service, scope, receive)
+        except ApiError as exc:
+            await _send_error(send, exc)
+            return
+        await _send(send, 200, body, {"Cache-Control": "no-store"})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -413,7 +447,7 @@ async def _send(
 
 
 async def _send_error(send: Send, exc: ApiError, headers: Mapping[str, str] | None = None) -> None:
-    body = json.dumps({"error": exc.code, "message": exc.message}).encode()
+    body = _compact({"error": exc.code, "message": exc.message})
     await _send(send, exc.status, body, {**(headers or {}), **exc.headers})
 
 
