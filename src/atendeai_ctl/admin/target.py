@@ -67,11 +67,16 @@ def redis_errors(url: str) -> Iterator[None]:
             f"Redis at {_redis_where(url)} rejected the credentials",
             "check the password in --redis-url",
         ) from exc
-    except redis.RedisError as exc:
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise AtendeaiError(
             "unavailable",
             f"cannot reach Redis at {_redis_where(url)}",
             "start the stack with `atendeai up`, or check --redis-url",
+        ) from exc
+    except redis.RedisError as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise AtendeaiError(
+            "unavailable", f"Redis at {_redis_where(url)} refused the write: {reason}"
         ) from exc
 
 
