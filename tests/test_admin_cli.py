@@ -3,8 +3,10 @@ auth service over HTTP (uvicorn on a free loopback port, connected as the RLS-bo
 
 from __future__ import annotations
 
+import json
 import os
 import pty
+import re
 import select
 import sys
 import time
@@ -320,3 +322,56 @@ def test_clinic_isolation_through_every_endpoint_and_command(cli: Cli, live: Liv
     assert cli.json("user", "show", "same@both.test", "--clinic", "beta")["status"] == "active"
     assert me(live, b["access_token"]).status_code == 200
     assert login(live, "beta", "same@both.test").status_code == 200
+
+
+def _documented_keys() -> dict[str, set[str]]:
+    """The JSON key table of docs/admin.md: command -> the keys its objects carry."""
+    doc = (Path(__file__).parent.parent / "docs" / "admin.md").read_text()
+    section = doc.split("## JSON output")[1].split("\n## ")[0]
+    found: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        match = re.match(r"^\| `?([a-z][a-z -]+?)`? \| (.*) \|$", line)
+        if match and match.group(1) != "command":  # not the header row
+            top_level = re.sub(r"\([^)]*\)", "", match.group(2))  # nested keys aside
+            named = re.findall(r"`([^`]+)`", top_level)
+            # "array of `clinic show` objects": the same keys as that command's
+            found[match.group(1)] = found[named[0]] if named[0] in found else set(named)
+    return found
+
+
+def test_json_keys_are_the_documented_ones(cli: Cli, live: LiveServer) -> None:
+    docs = _documented_keys()
+    email = ["ana@alpha.test", "--clinic", "alpha"]
+    outputs: dict[str, Any] = {
+        "clinic create": cli.json("clinic", "create", "Alpha", "--slug", "alpha"),
+        "clinic show": cli.json("clinic", "show", "alpha"),
+        "clinic list": cli.json("clinic", "list")[0],
+        "clinic rename": cli.json("clinic", "rename", "alpha", "Alpha 2"),
+        "user create": cli.json("user", "create", *email, "--generate-password"),
+        "user show": cli.json("user", "show", *email),
+        "user list": cli.json("user", "list")[0],
+        "user set-role": cli.json("user", "set-role", "ana@alpha.test", "admin", "--clinic",
+                                  "alpha"),
+        "token issue": cli.json("token", "issue", "--clinic", "alpha", "--user",
+                                "ana@alpha.test"),
+        "token sessions": cli.json("token", "sessions", "--clinic", "alpha", "--user",
+                                   "ana@alpha.test")[0],
+        "token revoke": cli.json("token", "revoke", "--user", "ana@alpha.test", "--clinic",
+                                 "alpha"),
+        "user disable": cli.json("user", "disable", *email),
+        "user enable": cli.json("user", "enable", *email),
+        "user set-password": cli.json("user", "set-password", *email, "--generate-password"),
+        "clinic disable": cli.json("clinic", "disable", "alpha"),
+        "clinic enable": cli.json("clinic", "enable", "alpha"),
+        "audit list": cli.json("audit", "list")[0],
+    }  # fmt: skip
+    issued = cli.json("token", "issue", "--clinic", "alpha", "--user", "ana@alpha.test")
+    outputs["token verify"] = json.loads(cli.ok("token", "verify", issued["token"]))
+    time.sleep(1.1)
+    outputs["token rotate-keys"] = cli.json("token", "rotate-keys")
+    outputs["any error"] = json.loads(cli.run("clinic", "show", "nowhere", "--json").stdout)
+    assert set(outputs) == set(docs)
+    for command, document in outputs.items():
+        assert set(document) == docs[command], command
+    assert set(outputs["token rotate-keys"]["keys"][0]) == {"kid", "created_at", "signing"}
+    assert set(outputs["any error"]["error"]) == {"code", "message", "hint"}

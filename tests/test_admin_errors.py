@@ -201,3 +201,17 @@ def test_if_not_exists_exits_0_with_the_existing_record(cli: Cli) -> None:
     assert cli.counts() == before
     human = cli.run("clinic", "create", "Alpha", "--if-not-exists")
     assert human.returncode == 0 and "alpha" in human.stdout and "exists" in human.stderr
+
+
+def test_wrong_credentials_are_exit_8_without_the_password(
+    cli: Cli, auth_db: AuthDb, redis_url: str
+) -> None:
+    wrong_db = auth_db.admin_url.replace("postgres:", "postgres:not-the-pw-", 1)
+    done = cli.run("clinic", "list", "--database-url", wrong_db)
+    assert_refused(done, 8, "PostgreSQL rejected the credentials")
+    assert "not-the-pw" not in done.stderr
+    wrong_redis = redis_url.replace("redis://:", "redis://:not-the-pw-", 1)
+    done = cli.run("user", "disable", "ana@alpha.test", "--clinic", "alpha",
+                   "--redis-url", wrong_redis)  # fmt: skip
+    assert_refused(done, 8, "Redis at 127.0.0.1")
+    assert "not-the-pw" not in done.stderr
