@@ -13,7 +13,7 @@ import redis
 
 from tests.admin_helpers import Cli, assert_refused, make_cli
 from tests.auth_helpers import AuthDb, dead_redis_url
-from tests.servers import free_port
+from tests.servers import PostgresServer, free_port
 
 PASSWORD = "a long enough secret"
 CONFLICT, NOT_FOUND, INVALID, REFUSED, UNAVAILABLE = 5, 4, 6, 7, 1
@@ -215,3 +215,15 @@ def test_wrong_credentials_are_exit_8_without_the_password(
                    "--redis-url", wrong_redis)  # fmt: skip
     assert_refused(done, 8, "Redis at 127.0.0.1")
     assert "not-the-pw" not in done.stderr
+
+
+def test_a_database_without_the_schema_says_to_migrate(cli: Cli, pg: PostgresServer) -> None:
+    empty = pg.create_database()
+    try:
+        for args in (["clinic", "list"], ["clinic", "create", "Beta"], ["audit", "list"],
+                     ["user", "list"]):  # fmt: skip
+            done = cli.run(*args, "--database-url", pg.url(empty))
+            assert_refused(done, 3, "no atendeai schema")
+            assert "atendeai migrate up" in done.stderr
+    finally:
+        pg.drop_database(empty)

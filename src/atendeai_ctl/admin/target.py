@@ -127,12 +127,8 @@ def act_as_app(conn: psycopg.Connection[Any]) -> None:
 
     try:
         conn.execute(f"SET LOCAL ROLE {APP_ROLE}")
-    except psycopg.errors.InvalidParameterValue as exc:
-        raise AtendeaiError(
-            "not_ready",
-            f"the role {APP_ROLE} does not exist in this database",
-            "run `atendeai migrate up` first",
-        ) from exc
+    except psycopg.errors.InvalidParameterValue as exc:  # no such role: never migrated
+        raise _not_migrated() from exc
     except psycopg.errors.InsufficientPrivilege as exc:
         raise AtendeaiError(
             "unauthorized",
@@ -214,3 +210,17 @@ def _database(url: str) -> Iterator[psycopg.Connection[Any]]:
             raise AtendeaiError(
                 "invalid", f"the database refused a value: {exc.diag.message_primary}"
             ) from exc
+        except (
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.UndefinedFunction,
+            psycopg.errors.InvalidSchemaName,
+        ) as exc:
+            raise _not_migrated() from exc
+
+
+def _not_migrated() -> AtendeaiError:
+    return AtendeaiError(
+        "not_ready",
+        "this database has no atendeai schema (or an older one)",
+        "run `atendeai migrate up` first",
+    )
