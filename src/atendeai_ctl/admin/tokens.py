@@ -6,6 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from atendeai_ctl.admin.durations import TOKEN_TTL_MAX_S
@@ -157,6 +158,17 @@ class Rotation:
         }
 
 
+def _after_the_newest_key(directory: Path) -> None:
+    """Wait for the next second if the newest key was made in this one.
+
+    Kids start with the creation second and the newest kid signs; two keys of one second
+    sort by their random suffix, so the new key might not be the one that signs.
+    """
+    existing = keys.list_keys(directory)
+    if existing and existing[-1].created_at.timestamp() >= int(time.time()):
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+
 def rotate_keys(admin: Admin) -> Rotation:
     """A new signing key; older keys verify until their last token expired, then go.
 
@@ -166,6 +178,7 @@ def rotate_keys(admin: Admin) -> Rotation:
     """
     directory = admin.keys_dir
     pruned = keys.prune_keys(directory, older_than_s=max_token_lifetime(admin))
+    _after_the_newest_key(directory)
     kid = keys.rotate_key(directory)
     try:
         with admin.transaction() as conn:
