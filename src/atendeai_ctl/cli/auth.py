@@ -57,7 +57,12 @@ def service_environment(environ: dict[str, str]) -> dict[str, str]:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 3001,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes (one per core).")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, envvar="ATENDEAI_AUTH_WORKERS", help="Worker processes (one per core)."
+        ),
+    ] = 1,
 ) -> None:
     """Serve the auth HTTP API (uvicorn with uvloop and httptools)."""
     import uvicorn
