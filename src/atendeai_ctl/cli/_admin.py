@@ -92,4 +92,4 @@ def record(document: dict[str, Any], keys: list[str]) -> None:
     width = max(len(key) for key in keys)
     for key in keys:
         value = document.get(key)
-        print(f"{key.ljust(width)}  {'' if value is None else value}")
+        print(f"{key.ljust(width)}  {'' if value is None else value}".rstrip())
