@@ -336,6 +336,26 @@ def test_stale_pid_file_naming_another_process_is_not_ours(stack: Project) -> No
 
 
 @pytest.mark.local
+def test_changed_service_is_recreated_with_what_connects_to_it(stack: Project) -> None:
+    up_ok(stack)
+    before = pids(stack)
+    stack.env["ATENDEAI_REDIS_PORT"] = str(free_port())
+    report = up_ok(stack)
+    actions = {s["name"]: s["action"] for s in report["services"]}
+    # auth's Redis URL names the new port, so it is recreated too (in Docker it would not be:
+    # there it reaches redis:6379 on the project network).
+    assert actions == {
+        "postgres": "unchanged", "redis": "recreated", "migrate": "unchanged", "auth": "recreated",
+    }  # fmt: skip
+    after = pids(stack)
+    assert after["postgres"] == before["postgres"] and after["redis"] != before["redis"]
+    assert not running(before["redis"]) and not running(before["auth"])
+    with socket.create_connection(("127.0.0.1", int(stack.env["ATENDEAI_REDIS_PORT"])), 2):
+        pass
+    assert status(stack)[0] == 0
+
+
+@pytest.mark.local
 def test_down_volumes_needs_yes_then_deletes_the_data(stack: Project) -> None:
     up_ok(stack)
     refused = stack.run("down", "--volumes")
