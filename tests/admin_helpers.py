@@ -36,7 +36,11 @@ class Cli:
         return done.stdout
 
     def json(self, *args: str, stdin: str | None = None) -> Any:
-        return json.loads(self.ok(*args, "--json", stdin=stdin))
+        """The command's JSON document; with --json nothing at all goes to stderr."""
+        done = self.run(*args, "--json", stdin=stdin)
+        assert done.returncode == 0, (args, done.returncode, done.stderr)
+        assert done.stderr == "", done.stderr
+        return json.loads(done.stdout)
 
     def counts(self) -> dict[str, int]:
         """Rows per table, to show that a refused command wrote nothing."""
