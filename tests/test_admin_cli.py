@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import jwt
+import psycopg
 import pytest
 
 from tests.admin_helpers import OPERATOR, Cli, make_cli
@@ -226,13 +227,21 @@ def test_audit_list_shows_every_admin_action_with_the_operator(cli: Cli, live: L
     ]))  # fmt: skip
     assert {r["clinic"] for r in rows} == {"alpha"}
     assert [r["detail"]["reason"] for r in rows if r["action"] == "login"] == ["unknown_user"]
-    everything = cli.json("audit", "list")
+    everything = cli.json("audit", "list", "--limit", "1000")
     assert {"key.rotate", "clinic.create"} <= {r["action"] for r in everything}
     assert {r["clinic"] for r in everything} == {"alpha", "beta", None}
     creates = cli.json("audit", "list", "--action", "clinic.create")
     assert [r["clinic"] for r in creates] == ["beta", "alpha"]
     assert len(cli.json("audit", "list", "--limit", "3")) == 3
-    assert len(cli.json("audit", "list", "--since", "1h")) == len(everything)
+    with psycopg.connect(cli.admin_url) as conn:
+        conn.execute(
+            "INSERT INTO atendeai.audit_log (at, actor, action, outcome)"
+            " VALUES (now() - interval '2 hours', 'cli:someone', 'old.action', 'success')"
+        )
+    recent = cli.json("audit", "list", "--since", "1h", "--limit", "1000")
+    assert len(recent) == len(everything) and "old.action" not in {r["action"] for r in recent}
+    older = cli.json("audit", "list", "--since", "3h", "--limit", "1000")
+    assert older[-1]["action"] == "old.action" and len(older) == len(everything) + 1
     human = cli.ok("audit", "list", "--clinic", "beta")
     assert "user.create" in human and OPERATOR in human and "alpha" not in human
 
