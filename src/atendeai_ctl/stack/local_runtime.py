@@ -206,9 +206,9 @@ class LocalRuntime:
             "-c", f"port={port}",
             "-c", "unix_socket_directories=",
         )  # fmt: skip
-        env = (("POSTGRES_DB", service.env.get("POSTGRES_DB", "")),)
+        # User, password and database only matter to initdb, as with the image: not hashed.
         user = self.pg_user.name if self.pg_user else None
-        return Plan("postgres", argv, env, str(self.root), user)
+        return Plan("postgres", argv, (), str(self.root), user)
 
     def _redis_plan(self, service: Service) -> Plan:
         host, port = self._listen(service)
