@@ -385,3 +385,15 @@ def test_json_keys_are_the_documented_ones(cli: Cli, live: LiveServer) -> None:
         assert set(document) == docs[command], command
     assert set(outputs["token rotate-keys"]["keys"][0]) == {"kid", "created_at", "signing"}
     assert set(outputs["any error"]["error"]) == {"code", "message", "hint"}
+
+
+def test_revoking_a_login_tokens_jti_refuses_it_at_once(cli: Cli, live: LiveServer) -> None:
+    setup_clinic(cli, "alpha", "ana@alpha.test")
+    token = login(live, "alpha", "ana@alpha.test").json()["access_token"]
+    other = login(live, "alpha", "ana@alpha.test").json()["access_token"]
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    cli.ok("token", "revoke", "--jti", jti.upper())
+    assert me(live, token).status_code == 401
+    assert me(live, other).status_code == 200  # only that token
+    (row,) = cli.audit("token.revoke")
+    assert row == (OPERATOR, "success", f"jti:{jti}", {"issued_by_cli": False})
