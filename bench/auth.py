@@ -381,16 +381,24 @@ def main() -> None:
                             result = target.run(scenario, tmp, args.duration, 16)
                             results.setdefault((target.name, scenario), []).append(result)
                             bcrypt_samples.append(bcrypt_rate(cores))
-                            continue
-                        if scenario == "verify_under_logins":
+                        elif scenario == "verify_under_logins":
                             verify, login = target.verify_under_logins(tmp, args.duration)
                             results.setdefault((target.name, scenario), []).append(verify)
                             extra.setdefault(target.name, []).append(login)
                         else:
-                            connections = 16 if scenario == "login" else CONNECTIONS
-                            result = target.run(scenario, tmp, args.duration, connections)
+                            result = target.run(scenario, tmp, args.duration)
                             results.setdefault((target.name, scenario), []).append(result)
+                        _progress(results[(target.name, scenario)][-1])
     report(results, extra, bcrypt_samples, cores, peer=args.peer is not None)
+
+
+def _progress(result: Result) -> None:
+    print(
+        f"    {result['rps']:.1f} req/s  p50 {result['p50_ms']:.1f} ms"
+        f"  p99 {result['p99_ms']:.1f} ms  non2xx {result['non2xx']}"
+        f"  (load average {os.getloadavg()[0]:.2f})",
+        file=sys.stderr,
+    )
 
 
 @contextmanager
