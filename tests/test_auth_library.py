@@ -124,8 +124,11 @@ def test_login_records_the_real_reason_and_refresh_tokens_are_stored_hashed(
     pair = sessions.login(
         app_pool, ring, FAST, clinic="alpha", email="ANA@alpha.test", password=PASSWORD
     )
-    rows = admin_conn.execute("SELECT token_hash FROM atendeai.refresh_tokens").fetchall()
-    assert rows == [(refresh_token_hash(pair.refresh_token),)]
+    rows = admin_conn.execute(
+        "SELECT token_hash, round(extract(epoch FROM expires_at - now()) / 86400)"
+        " FROM atendeai.refresh_tokens"
+    ).fetchall()
+    assert rows == [(refresh_token_hash(pair.refresh_token), 30)]
     dump = admin_conn.execute("SELECT t::text FROM atendeai.refresh_tokens t").fetchone()
     assert dump is not None and pair.refresh_token not in dump[0]
     assert Verifier(ring, FAST).verify(pair.access_token)["sub"] == pair.claims["sub"]

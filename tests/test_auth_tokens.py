@@ -219,3 +219,18 @@ def test_a_single_private_key_file_works_too(tmp_path: Path) -> None:
     os.chmod(path, 0o600)
     ring = KeyRing(private_key_file=path)
     assert Verifier(ring, FAST).verify(_token(ring))["clinic_id"] == "c-1"
+
+
+def test_access_ttl_is_15_minutes_by_default_and_configurable(tmp_path: Path) -> None:
+    from atendeai_ctl.auth.settings import AuthSettings
+
+    ring = _ring(tmp_path)
+    for settings, ttl in (
+        (AuthSettings(), 900),
+        (AuthSettings.from_env({"ATENDEAI_AUTH_ACCESS_TTL": "300"}), 300),
+    ):
+        claims = issue_access_token(
+            ring, settings, user_id="u", clinic_id="c", session_id="s", role="staff"
+        )[1]
+        assert claims["exp"] - claims["iat"] == ttl
+    assert AuthSettings().refresh_ttl_s == 30 * 86400
