@@ -139,7 +139,7 @@ def test_failure_reports_exit_code_and_logs_and_leaves_others(
     # Left for inspection, not torn down.
     assert f"{project.name}-slow-1" in project_resources(project.name)["containers"]
     human = project.run("up", "--project-dir", str(root))
-    assert "boom-from-job" in human.stderr and "exit code 3" in human.stderr
+    assert "boom-from-job" in human.stderr and "exited with code 3" in human.stderr
 
 
 def test_timeout_reports_the_health_output(
