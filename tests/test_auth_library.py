@@ -222,3 +222,21 @@ def test_set_password_and_revoke_user_sessions(
                    password="a brand new secret")  # fmt: skip
     assert len(_audit(admin_conn, "user.set_password")) == 1
     assert len(_audit(admin_conn, "session.revoke")) == 1
+
+
+def test_owner_connection_stays_inside_one_clinic(admin_conn: Conn) -> None:
+    """RLS does not bind the schema owner; the library's own filters must."""
+    for slug in ("alpha", "beta"):
+        clinics.create_clinic(admin_conn, slug=slug, name=slug.title(), actor="cli:ops")
+        for email in ("same@clinic.test", f"only@{slug}.test"):
+            users.create_user(
+                admin_conn, FAST, clinic=slug, email=email, password=PASSWORD, actor="cli:ops"
+            )
+    listed = users.list_users(admin_conn, clinic="alpha")
+    assert sorted(u.email for u in listed) == ["only@alpha.test", "same@clinic.test"]
+    alpha_id = clinics.get_clinic(admin_conn, "alpha").id
+    assert (
+        users.get_user(admin_conn, clinic="alpha", email="same@clinic.test").clinic_id == alpha_id
+    )
+    with pytest.raises(AtendeaiError, match="no user"):
+        users.get_user(admin_conn, clinic="alpha", email="only@beta.test")

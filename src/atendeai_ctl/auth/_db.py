@@ -17,6 +17,11 @@ from atendeai_ctl.errors import AtendeaiError
 Conn = psycopg.Connection[Any]
 
 
+IN_TENANT = "clinic_id = nullif(current_setting('atendeai.clinic_id', true), '')::uuid"
+"""The tenant filter spelled out in SQL too: RLS does not bind the schema owner (the admin
+CLI's connection), so queries must not rely on it alone to stay inside one clinic."""
+
+
 def set_tenant(conn: Conn, clinic_id: UUID | str | None) -> None:
     conn.execute(
         "SELECT set_config('atendeai.clinic_id', %s, true)",

@@ -16,7 +16,7 @@ from uuid import UUID
 import psycopg
 
 from atendeai_ctl.auth import audit
-from atendeai_ctl.auth._db import Conn, enter_clinic, set_tenant
+from atendeai_ctl.auth._db import IN_TENANT, Conn, enter_clinic, set_tenant
 from atendeai_ctl.auth.sessions import Denylist, revoke_all_for_user
 from atendeai_ctl.errors import AtendeaiError
 
@@ -106,7 +106,9 @@ def set_clinic_status(
             (status, clinic_id),
         ).fetchone()
         if status == "disabled":
-            for (user_id,) in conn.execute("SELECT id FROM atendeai.users").fetchall():
+            for (user_id,) in conn.execute(
+                f"SELECT id FROM atendeai.users WHERE {IN_TENANT}"
+            ).fetchall():
                 denied += revoke_all_for_user(conn, user_id, "clinic_disabled")
         audit.record(
             conn,

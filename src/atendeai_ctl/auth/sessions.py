@@ -21,7 +21,7 @@ import redis
 from psycopg_pool import ConnectionPool
 
 from atendeai_ctl.auth import audit, passwords
-from atendeai_ctl.auth._db import Conn, clinic_by_slug, enter_clinic, set_tenant
+from atendeai_ctl.auth._db import IN_TENANT, Conn, clinic_by_slug, enter_clinic, set_tenant
 from atendeai_ctl.auth.keys import KeyRing
 from atendeai_ctl.auth.settings import AuthSettings
 from atendeai_ctl.auth.tokens import (
@@ -141,7 +141,8 @@ def _find_candidate(conn: Conn, clinic: str, email: str) -> _Candidate:
             return _Candidate(None, None, None, None, None, None)
         set_tenant(conn, found[0])
         row = conn.execute(
-            "SELECT id, status, role, password_hash FROM atendeai.users WHERE lower(email) = %s",
+            "SELECT id, status, role, password_hash FROM atendeai.users"
+            f" WHERE lower(email) = %s AND {IN_TENANT}",
             (email.lower(),),
         ).fetchone()
     if row is None:
@@ -324,7 +325,7 @@ def list_sessions(
             "SELECT s.id, s.user_id, u.email, s.created_at, s.expires_at, s.last_seen_at,"
             " s.revoked_at, s.revoked_reason, host(s.ip) FROM atendeai.sessions s"
             " JOIN atendeai.users u ON u.id = s.user_id"
-            " WHERE (%s::text IS NULL OR lower(u.email) = lower(%s))"
+            f" WHERE s.{IN_TENANT} AND (%s::text IS NULL OR lower(u.email) = lower(%s))"
             " AND (NOT %s OR (s.revoked_at IS NULL AND s.expires_at > now()))"
             " ORDER BY s.created_at DESC",
             (email, email, active_only),
@@ -339,7 +340,8 @@ def revoke_user_sessions(
     with conn.transaction():
         clinic_id = enter_clinic(conn, clinic)
         user = conn.execute(
-            "SELECT id FROM atendeai.users WHERE lower(email) = lower(%s)", (email,)
+            f"SELECT id FROM atendeai.users WHERE lower(email) = lower(%s) AND {IN_TENANT}",
+            (email,),
         ).fetchone()
         if user is None:
             raise AtendeaiError("not_found", f"no user {email!r} in clinic {clinic!r}")
@@ -414,7 +416,8 @@ def issue_token(
     with conn.transaction():
         clinic_id = enter_clinic(conn, clinic)
         user = conn.execute(
-            "SELECT id, role, status FROM atendeai.users WHERE lower(email) = lower(%s)",
+            "SELECT id, role, status FROM atendeai.users"
+            f" WHERE lower(email) = lower(%s) AND {IN_TENANT}",
             (email,),
         ).fetchone()
         if user is None:

@@ -15,7 +15,7 @@ from uuid import UUID
 import psycopg
 
 from atendeai_ctl.auth import audit, passwords
-from atendeai_ctl.auth._db import Conn, enter_clinic
+from atendeai_ctl.auth._db import IN_TENANT, Conn, enter_clinic
 from atendeai_ctl.auth.sessions import Denylist, revoke_all_for_user
 from atendeai_ctl.auth.settings import AuthSettings
 from atendeai_ctl.errors import AtendeaiError
@@ -99,7 +99,9 @@ def create_user(
 def list_users(conn: Conn, *, clinic: str) -> list[User]:
     with conn.transaction():
         enter_clinic(conn, clinic)
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM atendeai.users ORDER BY email").fetchall()
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM atendeai.users WHERE {IN_TENANT} ORDER BY email"
+        ).fetchall()
     return [User(*row) for row in rows]
 
 
@@ -111,7 +113,8 @@ def get_user(conn: Conn, *, clinic: str, email: str) -> User:
 
 def _get(conn: Conn, clinic: str, email: str) -> User:
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM atendeai.users WHERE lower(email) = lower(%s)", (email,)
+        f"SELECT {_COLUMNS} FROM atendeai.users WHERE lower(email) = lower(%s) AND {IN_TENANT}",
+        (email,),
     ).fetchone()
     if row is None:
         raise AtendeaiError("not_found", f"no user {email!r} in clinic {clinic!r}")
