@@ -149,6 +149,22 @@ def test_stopped_container_is_reported_and_healed(stack: Project) -> None:
     assert stack.run("status").returncode == 0
 
 
+def test_removed_container_is_brought_back(stack: Project) -> None:
+    import docker
+
+    before = _ids(stack)
+    docker.from_env().containers.get(f"{stack.name}-auth-1").remove(force=True)
+    assert stack.run("status").returncode == 3
+    report = stack.json("up")
+    assert report["ok"] is True
+    actions = {s["name"]: s["action"] for s in report["services"]}
+    assert actions == {
+        "postgres": "unchanged", "redis": "unchanged", "migrate": "unchanged", "auth": "created",
+    }  # fmt: skip
+    after = _ids(stack)
+    assert after["auth"] != before["auth"] and after["postgres"] == before["postgres"]
+
+
 def test_data_survives_down_and_up(stack: Project) -> None:
     with psycopg.connect(_admin_url(stack), autocommit=True) as conn:
         conn.execute("CREATE TABLE public.keepme (v text)")
