@@ -64,13 +64,11 @@ class Project:
         assert done.stdout, done.stderr
         return json.loads(done.stdout)
 
-    @property
-    def ports(self) -> dict[str, int]:
-        return {k.split("_")[1].lower(): int(v) for k, v in self.env.items() if k.endswith("_PORT")}
 
-
-def new_project(tmp_path: Path) -> Project:
-    name = f"t{uuid.uuid4().hex[:8]}"
+def new_project(tmp_path: Path, *, prefix: str = "t", images: bool = True, **extra: str) -> Project:
+    """An isolated project: its own name, state dir and free ports (and the stand-in images
+    when `images`; the local runtime needs none)."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
     env = {
         "ATENDEAI_PROJECT": name,
         "ATENDEAI_STATE_DIR": str(tmp_path / "state"),
@@ -78,7 +76,8 @@ def new_project(tmp_path: Path) -> Project:
         "ATENDEAI_REDIS_PORT": str(free_port()),
         "ATENDEAI_AUTH_PORT": str(free_port()),
         "ATENDEAI_TIMEOUT": "90",
-        **image_env(),
+        **(image_env() if images else {}),
+        **extra,
     }
     return Project(name, tmp_path / "state", env)
 

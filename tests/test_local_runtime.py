@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from atendeai_ctl.stack import processes
 from atendeai_ctl.stack.ports import port_is_free
 from tests.servers import free_port
-from tests.stack_helpers import Project
+from tests.stack_helpers import Project, new_project
 
 NO_ENGINE = "unix:///nonexistent.sock"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -47,19 +46,7 @@ def scratch() -> Iterator[Path]:
 
 
 def local_project(tmp_path: Path, **extra: str) -> Project:
-    """Like stack_helpers.new_project, without the Docker images (no engine here)."""
-    name = f"l{uuid.uuid4().hex[:8]}"
-    env = {
-        "ATENDEAI_PROJECT": name,
-        "ATENDEAI_STATE_DIR": str(tmp_path / "state"),
-        "ATENDEAI_POSTGRES_PORT": str(free_port()),
-        "ATENDEAI_REDIS_PORT": str(free_port()),
-        "ATENDEAI_AUTH_PORT": str(free_port()),
-        "ATENDEAI_TIMEOUT": "90",
-        "DOCKER_HOST": NO_ENGINE,
-        **extra,
-    }
-    return Project(name, tmp_path / "state", env)
+    return new_project(tmp_path, prefix="l", images=False, DOCKER_HOST=NO_ENGINE, **extra)
 
 
 def local_dir(project: Project) -> Path:
