@@ -7,8 +7,29 @@ from pathlib import Path
 import pytest
 
 from tests.servers import PostgresServer, RedisServer, postgres_server, redis_server
+from tests.stack_helpers import docker_unavailable
 
 pytest_plugins = ["tests.auth_helpers"]
+REQUIRE_DOCKER = "ATENDEAI_TEST_REQUIRE_DOCKER"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `docker` are skipped, with one reason, when no engine (or image) is here;
+    with ATENDEAI_TEST_REQUIRE_DOCKER=1 that is an error before any test runs instead, so CI
+    never passes by skipping them. Runs last, after `-m`/`-k` have deselected what they do."""
+    needing = [item for item in items if item.get_closest_marker("docker")]
+    if not needing:
+        return
+    reason = docker_unavailable()
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_DOCKER, "") not in ("", "0"):
+        raise pytest.UsageError(
+            f"{REQUIRE_DOCKER} is set and {len(needing)} selected tests need Docker, but {reason}"
+        )
+    for item in needing:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,49 @@ STANDINS = {
 }
 
 
+ROOT = Path(__file__).parent.parent
+
+
+def docker_unavailable() -> str | None:
+    """Why the tests marked `docker` cannot run here, in one line; None when they can.
+
+    They need an engine that answers and, for each image setting, the image it names, the
+    stand-in or the default image already present: this machine has no registry to pull from.
+    """
+    import docker
+
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        return f"no Docker engine answers at {where}: {detail}"
+    defaults = {}
+    for line in (ROOT / "configs" / "atendeai.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in STANDINS:
+            defaults[key.strip()] = value.strip()
+    missing = []
+    for key, standin in STANDINS.items():
+        names = [os.environ[key]] if os.environ.get(key) else [standin, defaults.get(key, "")]
+        if not any(name and _has_image(client, name) for name in names):
+            missing.append(names[0])
+    if missing:
+        return f"images missing: {', '.join(missing)} (scripts/offline-images builds the stand-ins)"
+    return None
+
+
+def _has_image(client: Any, name: str) -> bool:
+    import docker
+
+    try:
+        client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
 def image_env() -> dict[str, str]:
     """Stand-in images where the official ones are absent (no registry here)."""
     import docker
