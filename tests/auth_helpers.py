@@ -125,6 +125,7 @@ def live_server(
         lifespan="on",
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # as `atendeai auth serve` runs it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

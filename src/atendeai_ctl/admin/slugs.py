@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from atendeai_ctl.auth.identity import normalize
 from atendeai_ctl.errors import AtendeaiError
 
 MAX_SLUG = 63
@@ -31,8 +32,11 @@ def slugify(name: str) -> str:
 
 
 def normalize_slug(slug: str) -> str:
-    """Slugs are case-insensitive: `--clinic Alpha` means `alpha`; anything else is refused."""
-    slug = slug.strip().lower()
+    """Slugs are case-insensitive: `--clinic Alpha` means `alpha`; anything else is refused.
+
+    The same normalisation as logins and the limiter (auth.identity.normalize).
+    """
+    slug = normalize(slug)
     if not _SLUG.match(slug):
         raise AtendeaiError(
             "invalid",

@@ -91,9 +91,13 @@ def list_members(admin: Admin, *, clinic: str | None) -> list[Member]:
 
 
 def set_role(admin: Admin, *, clinic: str, email: str, role: str) -> Member:
+    """A changed role ends the user's sessions (denylisted before the commit)."""
     slug = normalize_slug(clinic)
     with admin.transaction() as conn:
-        user = users.set_role(conn, clinic=slug, email=email.strip(), role=role, actor=admin.actor)
+        user = users.set_role(
+            conn, clinic=slug, email=email.strip(), role=role, actor=admin.actor,
+            denylist=admin.denylist,
+        )  # fmt: skip
     return Member(slug, user)
 
 

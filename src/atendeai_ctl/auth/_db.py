@@ -12,6 +12,7 @@ from uuid import UUID
 
 import psycopg
 
+from atendeai_ctl.auth import identity
 from atendeai_ctl.errors import AtendeaiError
 
 Conn = psycopg.Connection[Any]
@@ -30,8 +31,14 @@ def set_tenant(conn: Conn, clinic_id: UUID | str | None) -> None:
 
 
 def clinic_by_slug(conn: Conn, slug: str) -> tuple[UUID, str] | None:
-    """(id, status) through the SECURITY DEFINER lookup: works before the tenant is known."""
-    row = conn.execute("SELECT id, status FROM atendeai.clinic_by_slug(%s)", (slug,)).fetchone()
+    """(id, status) through the SECURITY DEFINER lookup: works before the tenant is known.
+
+    The slug is normalised (identity.normalize) here, the one lookup every caller goes through.
+    A slug holding NUL or an unpaired surrogate names no clinic (PostgreSQL could not take it).
+    """
+    row = conn.execute(
+        "SELECT id, status FROM atendeai.clinic_by_slug(%s)", (identity.lookup_key(slug),)
+    ).fetchone()
     return (row[0], row[1]) if row else None
 
 

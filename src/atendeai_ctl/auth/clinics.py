@@ -15,7 +15,7 @@ from uuid import UUID
 
 import psycopg
 
-from atendeai_ctl.auth import audit
+from atendeai_ctl.auth import audit, identity
 from atendeai_ctl.auth._db import IN_TENANT, Conn, enter_clinic, set_tenant
 from atendeai_ctl.auth.sessions import Denylist, revoke_all_for_user
 from atendeai_ctl.errors import AtendeaiError
@@ -43,14 +43,18 @@ class Clinic:
 
 
 def create_clinic(conn: Conn, *, slug: str, name: str, actor: str) -> Clinic:
+    """The slug is stored normalised (identity.normalize), the form every lookup uses."""
+    slug = identity.normalize(slug)
     if not SLUG.match(slug):
         raise AtendeaiError(
             "invalid",
             f"clinic slug {slug!r} is not valid",
             "use 1-63 lowercase letters, digits and '-', starting with a letter or digit",
         )
-    if not 1 <= len(name) <= 200:
-        raise AtendeaiError("invalid", "clinic name must be 1 to 200 characters")
+    if not 1 <= len(name) <= 200 or identity.unsafe(name):
+        raise AtendeaiError(
+            "invalid", "clinic name must be 1 to 200 characters, without NUL or lone surrogates"
+        )
     clinic_id = uuid.uuid4()
     try:
         with conn.transaction():
@@ -77,9 +81,9 @@ def create_clinic(conn: Conn, *, slug: str, name: str, actor: str) -> Clinic:
 
 def get_clinic(conn: Conn, slug: str) -> Clinic:
     with conn.transaction():
-        enter_clinic(conn, slug)
+        clinic_id = enter_clinic(conn, slug)
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM atendeai.clinics WHERE slug = %s", (slug,)
+            f"SELECT {_COLUMNS} FROM atendeai.clinics WHERE id = %s", (clinic_id,)
         ).fetchone()
     assert row is not None
     return Clinic(*row)
@@ -96,6 +100,7 @@ def set_clinic_status(
     conn: Conn, denylist: Denylist | None, *, slug: str, status: str, actor: str
 ) -> Clinic:
     """Disable (ending every session of its users) or re-enable a clinic."""
+    slug = identity.normalize(slug)
     if status not in ("active", "disabled"):
         raise AtendeaiError("invalid", f"status must be 'active' or 'disabled', not {status!r}")
     denied: list[tuple[str, float]] = []
@@ -127,8 +132,11 @@ def set_clinic_status(
 
 def rename_clinic(conn: Conn, *, slug: str, name: str, actor: str) -> Clinic:
     """Change the display name; the slug (what logins and URLs use) stays."""
-    if not 1 <= len(name) <= 200:
-        raise AtendeaiError("invalid", "clinic name must be 1 to 200 characters")
+    slug = identity.normalize(slug)
+    if not 1 <= len(name) <= 200 or identity.unsafe(name):
+        raise AtendeaiError(
+            "invalid", "clinic name must be 1 to 200 characters, without NUL or lone surrogates"
+        )
     with conn.transaction():
         clinic_id = enter_clinic(conn, slug)
         previous = conn.execute(

@@ -6,16 +6,23 @@ every request, and answers the two hot routes itself - GET /auth/verify and GET
 a Starlette router. Blocking work (bcrypt, psycopg) runs in worker threads behind capacity
 limiters, so a burst of logins never stalls verification on the event loop.
 Per-worker state and the shared request steps live in service.py.
+
+Hostile input is stopped here, before PostgreSQL or Redis sees it (docs/security.md): bodies
+over MAX_BODY get 413 (from Content-Length before reading, or while reading), JSON nested
+deeper than MAX_DEPTH gets 400 before json.loads runs, and only the fields a route uses are
+checked - strings of bounded length with no NUL and no lone surrogate - so the hot routes pay
+for one regex search per field. An unexpected exception is logged once with the request id
+and answered with one 500, and never with a second response on the same connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import re
 import time
+import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from atendeai_ctl.auth import sessions
+from atendeai_ctl.auth import identity, sessions
 from atendeai_ctl.auth._db import set_tenant
 from atendeai_ctl.auth.log import REQUEST_ID
 from atendeai_ctl.auth.openapi import DOCUMENT
@@ -38,12 +45,17 @@ from atendeai_ctl.auth.service import (
     UNAUTHORIZED,
     ApiError,
     Service,
-    client_ip,
     unavailable,
 )
 from atendeai_ctl.auth.tokens import Claims
 
 MAX_BODY = 16 * 1024
+"""The largest legitimate body (a login at its field limits) is about 1.4 KiB; 16 KiB leaves
+room and stays well under the 64 KiB ceiling docs/security.md sets."""
+MAX_DEPTH = 32
+LOGIN_FIELDS = {"clinic": 63, "email": 254, "password": 1024}
+REFRESH_FIELDS = {"refresh_token": 512}
+LOGOUT_FIELDS = {"scope": 16}
 REQUEST_ID_FORMAT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 KNOWN_ROUTES = frozenset(
     {
@@ -71,39 +83,80 @@ def _compact(document: Any) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def _read_body(receive: Receive) -> bytes:
-    body = b""
+def _too_large() -> ApiError:
+    return ApiError(413, "too_large", f"the body exceeds {MAX_BODY} bytes")
+
+
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed MAX_BODY."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit() or int(value) > MAX_BODY:
+                raise _too_large()
+            break
+    chunks: list[bytes] = []
+    size = 0
     more = True
     while more:
         message = await receive()
         if message["type"] != "http.request":
             break
-        body += message.get("body", b"")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _too_large()
+        chunks.append(chunk)
         more = message.get("more_body", False)
-        if len(body) > MAX_BODY:
-            raise ApiError(413, "too_large", f"the body exceeds {MAX_BODY} bytes")
-    return body
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_JSON_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(body: bytes) -> bool:
+    """Nesting beyond MAX_DEPTH, found without recursion (json.loads would recurse).
+
+    Bodies with few brackets, every legitimate one, are passed by two C-speed counts.
+    """
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for byte in _JSON_STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS):
+        if byte in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def _parse_object(body: bytes, fields: Mapping[str, int], *, optional: bool = False) -> Any:
-    """The body as a dict of string fields (name -> max length), required unless optional."""
+    """The body as a dict whose `fields` (name -> max length) are safe strings.
+
+    Required unless optional. Other keys are ignored and never checked: they reach nothing.
+    """
     if optional and not body.strip():
         return {}
+    if _too_deep(body):
+        raise ApiError(400, "invalid_request", f"the body nests deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise _json_body_error() from None
     if not isinstance(data, dict):
         raise _json_body_error()
     for name, limit in fields.items():
         value = data.get(name)
-        if not isinstance(value, str) or not value or len(value) > limit:
-            if optional and value is None:
-                continue
+        if optional and value is None:
+            continue
+        if not isinstance(value, str) or not value or len(value) > limit or identity.unsafe(value):
             raise ApiError(
                 400,
                 "invalid_request",
-                f"'{name}' must be a non-empty string of at most {limit} characters",
+                f"'{name}' must be a non-empty string of at most {limit} characters,"
+                " without NUL or unpaired surrogates",
             )
     return data
 
@@ -112,9 +165,14 @@ async def _json_object(
     request: Request, fields: Mapping[str, int], *, optional: bool = False
 ) -> dict[str, Any]:
     parsed: dict[str, Any] = _parse_object(
-        await _read_body(request.receive), fields, optional=optional
+        await _read_body(request.scope, request.receive), fields, optional=optional
     )
     return parsed
+
+
+def _user_agent(request: Request) -> str | None:
+    agent = request.headers.get("user-agent")
+    return None if agent is None or "\x00" in agent else agent[:400]
 
 
 def _service(request: Request) -> Service:
@@ -123,11 +181,13 @@ def _service(request: Request) -> Service:
 
 
 async def login(request: Request) -> Response:
+    """Admit, check, count. Anything but a verified success counts as a failed attempt."""
     service = _service(request)
-    ip = client_ip(request.scope)
+    ip = service.client_ip(request.scope)
     await service.gate(ip)
-    body = await _json_object(request, {"clinic": 63, "email": 254, "password": 1024})
-    clinic, email, password = body["clinic"], body["email"], body["password"]
+    body = await _json_object(request, LOGIN_FIELDS)
+    clinic, email = identity.normalize(body["clinic"]), identity.normalize(body["email"])
+    password = body["password"]
     assert service.limiter is not None and service.pool is not None
     call = functools.partial(
         sessions.login,
@@ -138,7 +198,7 @@ async def login(request: Request) -> Response:
         email=email,
         password=password,
         ip=ip,
-        user_agent=request.headers.get("user-agent"),
+        user_agent=_user_agent(request),
     )
     async with service.bcrypt_slots:
         try:
@@ -148,19 +208,18 @@ async def login(request: Request) -> Response:
         if not attempt.allowed:
             service.metrics.logins["rate_limited"] += 1
             service.blocked(attempt, ip, clinic=clinic, email=email)
-        failed = False
+        succeeded = False
         try:
             pair = await service.bcrypt(call)
+            succeeded = True
         except sessions.AuthFailed as exc:
-            failed = True
             service.metrics.logins["failure"] += 1
             service.log.info("login_failed", reason=exc.reason, ip=ip)
             raise ApiError(
                 401, "invalid_credentials", "invalid clinic, email or password"
             ) from None
         finally:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await service.limiter.login_finished(clinic, email, ip, failed=failed)
+            await service.login_finished(clinic, email, ip, failed=not succeeded)
     service.metrics.logins["success"] += 1
     service.log.info("login", user=pair.claims["sub"], session=pair.claims["sid"], ip=ip)
     return JSONResponse(pair.to_dict(), headers={"Cache-Control": "no-store"})
@@ -169,9 +228,9 @@ async def login(request: Request) -> Response:
 async def refresh(service: Service, scope: Scope, receive: Receive) -> bytes:
     """POST /auth/refresh, served by the raw front (no Request object, no router): with an
     async connection on the event loop, this busy route costs no thread hop either."""
-    ip = client_ip(scope)
+    ip = service.client_ip(scope)
     await service.gate(ip)
-    body = _parse_object(await _read_body(receive), {"refresh_token": 512})
+    body = _parse_object(await _read_body(scope, receive), REFRESH_FIELDS)
     assert service.apool is not None
     try:
         async with service.apool.connection() as conn:
@@ -192,7 +251,7 @@ async def refresh(service: Service, scope: Scope, receive: Receive) -> bytes:
 async def _authorized(request: Request) -> tuple[Service, Claims, str]:
     """Count the request, then accept only a valid, unrevoked bearer token."""
     service = _service(request)
-    ip = client_ip(request.scope)
+    ip = service.client_ip(request.scope)
     try:
         claims = service.bearer_claims(request.scope)
     except ApiError:
@@ -206,7 +265,7 @@ async def _authorized(request: Request) -> tuple[Service, Claims, str]:
 
 async def logout(request: Request) -> Response:
     service, claims, ip = await _authorized(request)
-    body = await _json_object(request, {"scope": 16}, optional=True)
+    body = await _json_object(request, LOGOUT_FIELDS, optional=True)
     scope = body.get("scope", "session")
     if scope not in ("session", "global"):
         raise ApiError(400, "invalid_request", "'scope' must be 'session' or 'global'")
@@ -306,6 +365,14 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return exc.response()
 
 
+INTERNAL_ERROR = b'{"error":"internal_error","message":"internal error"}'
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Starlette's last-resort answer (its middleware then re-raises to AuthApp, which logs)."""
+    return Response(INTERNAL_ERROR, 500, media_type="application/json")
+
+
 def _router(service: Service) -> Starlette:
     routes = [
         Route("/auth/login", login, methods=["POST"]),
@@ -318,7 +385,11 @@ def _router(service: Service) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: _http_error, ApiError: _api_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            ApiError: _api_error,
+            Exception: _internal_error,
+        },
     )
     app.state.service = service
     return app
@@ -349,10 +420,12 @@ class AuthApp:
         REQUEST_ID.set(request_id)
         rid_header = (b"x-request-id", request_id.encode())
         status = 500
+        responded = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
+                responded = True
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
@@ -367,10 +440,17 @@ class AuthApp:
             else:
                 await self.router(scope, receive, send_with_id)
         except Exception as exc:
-            self.service.log.error("unhandled", path=path, error=type(exc).__name__)
-            if status == 500:
-                body = b'{"error":"internal_error","message":"internal error"}'
-                await _send(send_with_id, 500, body)
+            # Logged once, here; answered once: Starlette may already have sent its 500, and
+            # a second response start would make uvicorn drop the keep-alive connection.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            self.service.log.error(
+                "unhandled",
+                path=path,
+                error=type(exc).__name__,
+                where=f"{frame.filename}:{frame.lineno}",
+            )
+            if not responded:
+                await _send(send_with_id, 500, INTERNAL_ERROR)
         finally:
             elapsed = time.perf_counter() - started
             route = path if path in KNOWN_ROUTES else "other"
@@ -386,7 +466,7 @@ class AuthApp:
 
     async def _verify(self, scope: Scope, send: Send) -> None:
         service = self.service
-        ip = client_ip(scope)
+        ip = service.client_ip(scope)
         claims: Claims | None = None
         refused: ApiError | None = None
         try:

@@ -11,6 +11,7 @@ import functools
 
 import bcrypt
 
+from atendeai_ctl.auth import identity
 from atendeai_ctl.auth.settings import MIN_BCRYPT_COST, AuthSettings
 from atendeai_ctl.errors import AtendeaiError
 
@@ -18,7 +19,14 @@ MAX_PASSWORD_BYTES = 72
 
 
 def validate_password(password: str, settings: AuthSettings) -> bytes:
-    """The password as bytes, or AtendeaiError('invalid') saying which rule it breaks."""
+    """The password as bytes, or AtendeaiError('invalid') saying which rule it breaks.
+
+    NUL and unpaired surrogates are refused: the HTTP edge refuses them at login (a surrogate
+    cannot be encoded, and C implementations of bcrypt stop at NUL), so such a password could
+    never be used.
+    """
+    if identity.unsafe(password):
+        raise AtendeaiError("invalid", "password must not contain NUL or unpaired surrogates")
     raw = password.encode("utf-8")
     if len(raw) > MAX_PASSWORD_BYTES:
         raise AtendeaiError(

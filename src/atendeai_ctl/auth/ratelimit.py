@@ -3,7 +3,8 @@
 Failed logins are counted per clinic+email and per IP. A password check is admitted only if
 failures + checks in flight stay under the limit (one script: check and reserve), so N
 parallel wrong guesses cannot all slip under it; each failure is an atomic INCR, so none is
-lost. A successful login clears the account's failures.
+lost. Only a verified success clears the account's failures; an attempt that ends any other way
+(wrong password, a crash, a cancelled request) counts as a failure (http.login).
 
 The request limiter for /auth/* also answers the denylist question for /auth/verify in the
 same round trip, so the hot path costs one Redis call.
@@ -15,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from atendeai_ctl.auth import identity
 from atendeai_ctl.auth._resp import PipelinedRedis
 from atendeai_ctl.auth.settings import RateLimits
 from atendeai_ctl.auth.tokens import Claims
@@ -106,8 +108,14 @@ class Decision:
 
 
 def account_key(clinic: str, email: str) -> str:
-    """Hashed, so Redis never holds email addresses."""
-    digest = hashlib.sha256(f"{clinic}\0{email.lower()}".encode()).hexdigest()[:32]
+    """Hashed, so Redis never holds email addresses.
+
+    Keyed on the normalised identity (identity.normalize, the same form the lookup uses), so
+    `alpha`, `ALPHA` and ` Alpha ` share one counter. `surrogatepass`: a key is computed even
+    for a string PostgreSQL would refuse, though the HTTP edge never lets one through.
+    """
+    account = f"{identity.normalize(clinic)}\0{identity.normalize(email)}"
+    digest = hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"{PREFIX}login:acct:{digest}"
 
 

@@ -28,9 +28,10 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from starlette.responses import JSONResponse
 from starlette.types import Scope
 
-from atendeai_ctl.auth import audit, sessions
+from atendeai_ctl.auth import audit, identity, sessions
 from atendeai_ctl.auth._db import clinic_by_slug, set_tenant
 from atendeai_ctl.auth._resp import PipelinedRedis
+from atendeai_ctl.auth.forwarding import client_address
 from atendeai_ctl.auth.keys import KeyRing
 from atendeai_ctl.auth.log import JsonLog
 from atendeai_ctl.auth.metrics import Metrics
@@ -85,6 +86,7 @@ class Service:
         self.settings = settings
         self.ring = ring
         self.verifier = Verifier(ring, settings)
+        self.client_ip = client_address(settings.trusted_proxies)
         self.database_url = database_url
         self.redis_url = redis_url
         self.pool_max = pool_max
@@ -214,6 +216,28 @@ class Service:
         except DB_ERRORS:
             raise unavailable("the database") from None
 
+    async def login_finished(self, clinic: str, email: str, ip: str, *, failed: bool) -> None:
+        """Release a login's in-flight reservation and count (or clear) its outcome.
+
+        Runs as its own task, shielded: a request cancelled mid-login (client gone, server
+        stopping) still gives its reservation back and still counts as a failure.
+        """
+        assert self.limiter is not None
+        limiter = self.limiter
+
+        async def finish() -> None:
+            try:
+                await limiter.login_finished(clinic, email, ip, failed=failed)
+            except REDIS_ERRORS as exc:
+                # The reservation expires on its own (60 s); the failure is lost, which is
+                # what Redis being down already means for every limit.
+                self.log.error("login_finish_failed", error=type(exc).__name__, ip=ip)
+
+        task: asyncio.Task[None] = asyncio.ensure_future(finish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
     async def gate(self, ip: str, claims: Claims | None = None) -> Decision:
         """The per-IP request limit (and, for a token, its revocation) in one Redis call."""
         assert self.limiter is not None
@@ -245,7 +269,7 @@ class Service:
                     actor="anonymous",
                     outcome="denied",
                     clinic_id=found[0] if found else None,
-                    target=f"email:{email.lower()}" if email else None,
+                    target=f"email:{identity.normalize(email)}" if email else None,
                     ip=ip,
                     detail={"limiter": limiter},
                 )
@@ -293,8 +317,3 @@ def bearer_token(scope: Scope) -> str | None:
                 return token.strip()
             return None
     return None
-
-
-def client_ip(scope: Scope) -> str:
-    client = scope.get("client")
-    return client[0] if client else "0.0.0.0"

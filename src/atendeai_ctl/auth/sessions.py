@@ -20,7 +20,7 @@ from uuid import UUID
 import redis
 from psycopg_pool import ConnectionPool
 
-from atendeai_ctl.auth import audit, passwords
+from atendeai_ctl.auth import audit, identity, passwords
 from atendeai_ctl.auth._db import IN_TENANT, Conn, clinic_by_slug, enter_clinic, set_tenant
 from atendeai_ctl.auth.keys import KeyRing
 from atendeai_ctl.auth.settings import AuthSettings
@@ -142,8 +142,8 @@ def _find_candidate(conn: Conn, clinic: str, email: str) -> _Candidate:
         set_tenant(conn, found[0])
         row = conn.execute(
             "SELECT id, status, role, password_hash FROM atendeai.users"
-            f" WHERE lower(email) = %s AND {IN_TENANT}",
-            (email.lower(),),
+            f" WHERE lower(email) = lower(%s) AND {IN_TENANT}",
+            (email,),
         ).fetchone()
     if row is None:
         return _Candidate(found[0], found[1], None, None, None, None)
@@ -166,7 +166,9 @@ def login(
     Every failure costs one bcrypt check (a dummy hash when the account is unknown) so the
     answer time does not tell which part was wrong. The connection is released while bcrypt
     runs. Call from a worker thread: bcrypt is slow on purpose and releases the GIL.
+    Clinic and email are compared in their normalised form (identity.normalize).
     """
+    clinic, email = identity.lookup_key(clinic), identity.lookup_key(email)
     with pool.connection() as conn:
         cand = _find_candidate(conn, clinic, email)
     stored = cand.password_hash or passwords.dummy_hash(settings.bcrypt_cost)
@@ -195,7 +197,7 @@ def login(
                 actor=actor,
                 outcome="failure",
                 clinic_id=cand.clinic_id,
-                target=f"email:{email.lower()}"[:320],
+                target=f"email:{email}"[:320],
                 ip=ip,
                 detail={"reason": reason, "clinic": clinic[:64]},
             )
@@ -319,6 +321,7 @@ class SessionInfo:
 def list_sessions(
     conn: Conn, *, clinic: str, email: str | None = None, active_only: bool = True
 ) -> list[SessionInfo]:
+    key = None if email is None else identity.lookup_key(email)
     with conn.transaction():
         enter_clinic(conn, clinic)
         rows = conn.execute(
@@ -328,7 +331,7 @@ def list_sessions(
             f" WHERE s.{IN_TENANT} AND (%s::text IS NULL OR lower(u.email) = lower(%s))"
             " AND (NOT %s OR (s.revoked_at IS NULL AND s.expires_at > now()))"
             " ORDER BY s.created_at DESC",
-            (email, email, active_only),
+            (key, key, active_only),
         ).fetchall()
     return [SessionInfo(*row) for row in rows]
 
@@ -341,7 +344,7 @@ def revoke_user_sessions(
         clinic_id = enter_clinic(conn, clinic)
         user = conn.execute(
             f"SELECT id FROM atendeai.users WHERE lower(email) = lower(%s) AND {IN_TENANT}",
-            (email,),
+            (identity.lookup_key(email),),
         ).fetchone()
         if user is None:
             raise AtendeaiError("not_found", f"no user {email!r} in clinic {clinic!r}")
@@ -418,7 +421,7 @@ def issue_token(
         user = conn.execute(
             "SELECT id, role, status FROM atendeai.users"
             f" WHERE lower(email) = lower(%s) AND {IN_TENANT}",
-            (email,),
+            (identity.lookup_key(email),),
         ).fetchone()
         if user is None:
             raise AtendeaiError("not_found", f"no user {email!r} in clinic {clinic!r}")

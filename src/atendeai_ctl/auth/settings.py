@@ -6,9 +6,10 @@ lower the bcrypt cost or the rate limits without touching process-wide state.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from atendeai_ctl.errors import AtendeaiError
 
@@ -27,6 +28,25 @@ def _int(environ: Mapping[str, str], key: str, default: int, minimum: int = 0) -
     if value < minimum:
         raise AtendeaiError("invalid", f"{key}={value} is below the minimum {minimum}")
     return value
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(raw: str, key: str = "ATENDEAI_AUTH_TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """Addresses or CIDRs separated by commas or spaces; a bad entry is one clear error."""
+    networks = []
+    for entry in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise AtendeaiError(
+                "invalid",
+                f"{key}: {entry[:60]!r} is not an IP address or CIDR",
+                "use addresses or networks such as 10.0.0.1, 172.16.0.0/12 or fd00::/8,"
+                " separated by commas",
+            ) from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,8 @@ class AuthSettings:
     bcrypt_cost: int = DEFAULT_BCRYPT_COST
     min_password_length: int = 12
     rate: RateLimits = RateLimits()
+    trusted_proxies: tuple[Network, ...] = field(default=())
+    """Peers whose X-Forwarded-For is believed (see forwarding.py); empty: none is."""
 
     def __post_init__(self) -> None:
         if self.bcrypt_cost < MIN_BCRYPT_COST or self.bcrypt_cost > 31:
@@ -83,4 +105,5 @@ class AuthSettings:
             refresh_grace_s=_int(env, "ATENDEAI_AUTH_REFRESH_GRACE", 5),
             bcrypt_cost=_int(env, "ATENDEAI_AUTH_BCRYPT_COST", DEFAULT_BCRYPT_COST),
             rate=rate,
+            trusted_proxies=parse_networks(env.get("ATENDEAI_AUTH_TRUSTED_PROXIES", "")),
         )

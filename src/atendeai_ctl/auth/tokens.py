@@ -104,7 +104,8 @@ class Verifier:
             raise TokenError("malformed")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, RecursionError):
+            # RecursionError: a header of a few thousand nested brackets; json.loads recurses.
             raise TokenError("malformed") from None
         if header.get("alg") not in ALGORITHMS:
             raise TokenError("algorithm_not_allowed")

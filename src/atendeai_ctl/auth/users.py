@@ -7,6 +7,7 @@ so their access tokens stop verifying immediately rather than at expiry.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,7 @@ from uuid import UUID
 
 import psycopg
 
-from atendeai_ctl.auth import audit, passwords
+from atendeai_ctl.auth import audit, identity, passwords
 from atendeai_ctl.auth._db import IN_TENANT, Conn, enter_clinic
 from atendeai_ctl.auth.sessions import Denylist, revoke_all_for_user
 from atendeai_ctl.auth.settings import AuthSettings
@@ -65,13 +66,19 @@ def create_user(
     role: str = "staff",
     name: str | None = None,
 ) -> User:
-    """Hash first (slow, no transaction open), then insert with its audit row."""
-    email = email.strip().lower()
-    if len(email) > 254 or not EMAIL.match(email):
+    """Hash first (slow, no transaction open), then insert with its audit row.
+
+    The email is stored normalised (identity.normalize), the form logins look up and the
+    limiter keys on; the unique index on (clinic_id, lower(email)) then agrees with both.
+    """
+    email = identity.normalize(email)
+    if len(email) > 254 or not EMAIL.match(email) or identity.unsafe(email):
         raise AtendeaiError("invalid", f"{email!r} is not an email address")
     _check_role(role)
-    if name is not None and len(name) > 200:
-        raise AtendeaiError("invalid", "name must be at most 200 characters")
+    if name is not None and (len(name) > 200 or identity.unsafe(name)):
+        raise AtendeaiError(
+            "invalid", "name must be at most 200 characters, without NUL or lone surrogates"
+        )
     password_hash = passwords.hash_password(password, settings)
     try:
         with conn.transaction():
@@ -114,7 +121,7 @@ def get_user(conn: Conn, *, clinic: str, email: str) -> User:
 def _get(conn: Conn, clinic: str, email: str) -> User:
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM atendeai.users WHERE lower(email) = lower(%s) AND {IN_TENANT}",
-        (email,),
+        (identity.lookup_key(email),),
     ).fetchone()
     if row is None:
         raise AtendeaiError("not_found", f"no user {email!r} in clinic {clinic!r}")
@@ -131,8 +138,11 @@ def _update(
     assignments: str,
     params: tuple[Any, ...],
     detail: dict[str, Any],
-    revoke: bool = False,
+    revoke: bool | Callable[[User], bool] = False,
+    count_revoked: bool = True,
 ) -> tuple[User, list[tuple[str, float]]]:
+    """`revoke`: end the user's sessions (a callable decides from the user as it was);
+    `count_revoked`: put how many in the audit row's detail."""
     with conn.transaction():
         clinic_id = enter_clinic(conn, clinic)
         user = _get(conn, clinic, email)
@@ -140,7 +150,8 @@ def _update(
             f"UPDATE atendeai.users SET {assignments} WHERE id = %s RETURNING {_COLUMNS}",
             (*params, user.id),
         ).fetchone()
-        denied = revoke_all_for_user(conn, user.id, action) if revoke else []
+        ending = revoke(user) if callable(revoke) else revoke
+        denied = revoke_all_for_user(conn, user.id, action) if ending else []
         audit.record(
             conn,
             action=action,
@@ -148,7 +159,9 @@ def _update(
             outcome="success",
             clinic_id=clinic_id,
             target=f"user:{user.id}",
-            detail={**detail, "sessions_revoked": len(denied)} if revoke else detail,
+            detail={**detail, "sessions_revoked": len(denied)}
+            if ending and count_revoked
+            else detail,
         )
     assert row is not None
     return User(*row), denied
@@ -205,10 +218,30 @@ def set_password(
     return user
 
 
-def set_role(conn: Conn, *, clinic: str, email: str, role: str, actor: str) -> User:
-    """Takes effect for new access tokens (at the latest one access TTL from now)."""
+def set_role(
+    conn: Conn,
+    *,
+    clinic: str,
+    email: str,
+    role: str,
+    actor: str,
+    denylist: Denylist | None = None,
+) -> User:
+    """A changed role ends every session of the user, at once.
+
+    Access tokens carry the role, so a demoted user's token would keep the old role until it
+    expires (15 minutes). Two ways out: revoke the sessions (what set_password and disabling
+    already do), or version the claims and compare the version on every verify. Revocation
+    was chosen: it reuses the denylist /auth/verify already checks in its one Redis call, so
+    the hot path costs nothing more, while a claims version would need a per-user lookup on
+    every verify; role changes are rare and a fresh login is a small price. Setting the role
+    the user already has revokes nothing. Without a `denylist` the sessions end in the
+    database only (refresh stops at once, live access tokens at expiry): the admin CLI passes
+    one. The audit detail stays {"role": ...}; the sessions carry revoked_reason
+    'user.set_role'.
+    """
     _check_role(role)
-    user, _ = _update(
+    user, denied = _update(
         conn,
         clinic=clinic,
         email=email,
@@ -217,5 +250,9 @@ def set_role(conn: Conn, *, clinic: str, email: str, role: str, actor: str) -> U
         assignments="role = %s",
         params=(role,),
         detail={"role": role},
+        revoke=lambda before: before.role != role,
+        count_revoked=False,
     )
+    if denied and denylist is not None:
+        denylist.deny_sessions(denied)
     return user

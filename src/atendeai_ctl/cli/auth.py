@@ -83,6 +83,9 @@ def serve(
         access_log=False,
         log_level="warning",
         server_header=False,
+        # The app alone decides what X-Forwarded-For is worth (ATENDEAI_AUTH_TRUSTED_PROXIES,
+        # auth/forwarding.py); uvicorn's default would believe it from any loopback peer.
+        proxy_headers=False,
     )
 
 
