@@ -153,23 +153,42 @@ def test_a_token_sent_twice_within_the_grace_does_not_kill_the_session(server: L
         assert following.status_code == 200
 
 
-def test_twenty_parallel_refreshes_of_one_token_yield_at_most_one_success(
-    server: LiveServer,
+def test_twenty_parallel_refreshes_of_one_token_yield_exactly_one_success(
+    server: LiveServer, admin_conn: Conn
 ) -> None:
+    """The row lock serialises the racers: one wins, the rest lose inside the grace (a client
+    racing itself), so the session lives on and the winner's successor keeps working."""
     pair = server.login()
     barrier = threading.Barrier(20)
 
-    def refresh(_: int) -> int:
+    def refresh(_: int) -> httpx.Response:
         with server.client() as http:
             barrier.wait()
-            return http.post(
-                "/auth/refresh", json={"refresh_token": pair["refresh_token"]}
-            ).status_code
+            return http.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
 
     with ThreadPoolExecutor(20) as pool:
-        statuses = list(pool.map(refresh, range(20)))
-    assert statuses.count(200) <= 1
-    assert statuses.count(200) + statuses.count(401) == 20
+        responses = list(pool.map(refresh, range(20)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 1, statuses
+    assert statuses.count(401) == 19, statuses
+    winner = next(r.json() for r in responses if r.status_code == 200)
+    # one session, not revoked, with exactly the spent token and its one successor
+    sessions_rows = admin_conn.execute("SELECT id, revoked_at FROM atendeai.sessions").fetchall()
+    assert len(sessions_rows) == 1 and sessions_rows[0][1] is None
+    tokens = admin_conn.execute(
+        "SELECT used_at IS NOT NULL, revoked_at IS NULL FROM atendeai.refresh_tokens"
+        " WHERE session_id = %s",
+        (sessions_rows[0][0],),
+    ).fetchall()
+    assert sorted(tokens) == [(False, True), (True, True)]
+    refreshes = audit_rows(admin_conn, "refresh")
+    assert sorted(row[0] for row in refreshes) == ["failure"] * 19 + ["success"]
+    assert {row[1]["reason"] for row in refreshes if row[0] == "failure"} == {"concurrent_use"}
+    assert audit_rows(admin_conn, "refresh_reuse") == []
+    with server.client() as http:
+        assert http.get("/auth/verify", headers=bearer(winner["access_token"])).status_code == 200
+        following = http.post("/auth/refresh", json={"refresh_token": winner["refresh_token"]})
+        assert following.status_code == 200, following.text
 
 
 def test_global_logout_revokes_every_session_of_the_user(server: LiveServer) -> None:

@@ -97,10 +97,11 @@ def test_a_failed_change_leaves_no_audit_row(admin_conn: Conn) -> None:
     users.create_user(
         admin_conn, FAST, clinic="beta", email="a@b.test", password=PASSWORD, actor="cli:ops"
     )
-    with pytest.raises(AtendeaiError):
+    with pytest.raises(AtendeaiError) as err:
         users.create_user(
             admin_conn, FAST, clinic="beta", email="A@b.test", password=PASSWORD, actor="cli:ops"
         )
+    assert err.value.code == "conflict"
     assert len(_audit(admin_conn, "user.create")) == 1
 
 
@@ -184,9 +185,10 @@ def test_admin_token_issue_revoke_and_user_disable(
     )
     assert claims["exp"] - claims["iat"] == 120
     assert Verifier(ring, FAST).verify(token)["jti"] == claims["jti"]
-    with pytest.raises(AtendeaiError):
+    with pytest.raises(AtendeaiError) as err:
         sessions.issue_token(admin_conn, ring, FAST, clinic="alpha", email="ana@alpha.test",
                              ttl_s=10**9, actor="cli:ops")  # fmt: skip
+    assert err.value.code == "invalid"
     sessions.revoke_token(admin_conn, denylist, claims, actor="cli:ops")
     assert denylist.revoked(claims)
 
@@ -238,5 +240,6 @@ def test_owner_connection_stays_inside_one_clinic(admin_conn: Conn) -> None:
     assert (
         users.get_user(admin_conn, clinic="alpha", email="same@clinic.test").clinic_id == alpha_id
     )
-    with pytest.raises(AtendeaiError, match="no user"):
+    with pytest.raises(AtendeaiError, match="no user") as err:
         users.get_user(admin_conn, clinic="alpha", email="only@beta.test")
+    assert err.value.code == "not_found"

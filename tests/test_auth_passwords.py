@@ -21,8 +21,9 @@ def test_cost_can_be_raised_but_never_below_10() -> None:
     with pytest.raises(AtendeaiError) as err:
         AuthSettings.from_env({"ATENDEAI_AUTH_BCRYPT_COST": "9"})
     assert err.value.code == "invalid"
-    with pytest.raises(AtendeaiError):
+    with pytest.raises(AtendeaiError) as err:
         AuthSettings(bcrypt_cost=4)
+    assert err.value.code == "invalid"
     assert passwords.hash_password("twelve chars!", FAST).startswith("$2b$10$")
 
 
@@ -33,8 +34,9 @@ def test_password_over_72_bytes_is_refused_with_a_clear_message() -> None:
     assert "72 bytes" in err.value.message
     assert err.value.hint is not None and "not cut" in err.value.hint
     # 37 characters but 74 bytes in UTF-8: the limit is on bytes
-    with pytest.raises(AtendeaiError):
+    with pytest.raises(AtendeaiError) as err:
         passwords.hash_password("é" * 37, FAST)
+    assert err.value.code == "invalid" and "72 bytes" in err.value.message
     assert passwords.hash_password("a" * 72, FAST)
 
 
@@ -48,6 +50,7 @@ def test_long_password_is_never_truncated_to_match() -> None:
 def test_minimum_length_is_12() -> None:
     with pytest.raises(AtendeaiError) as err:
         passwords.hash_password("elevenchars", FAST)
+    assert err.value.code == "invalid"
     assert "at least 12" in err.value.message
     assert passwords.hash_password("twelve chars", FAST)
 

@@ -63,24 +63,31 @@ def test_secrets_are_generated_once_with_0600(state_dir: Path) -> None:
 def test_no_secrets_means_a_clear_error(state_dir: Path) -> None:
     with pytest.raises(AtendeaiError, match="no generated secrets") as caught:
         load_config().with_secrets(generate=False).database_url()
+    assert caught.value.code == "not_found"
     assert caught.value.hint and "atendeai up" in caught.value.hint
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("overrides", "message", "code"),
     [
-        ({"ATENDEAI_PROJECT": "Bad Name"}, "project name 'Bad Name' is not valid"),
-        ({"ATENDEAI_PROJECT_DIR": "/nonexistent"}, "has no compose/docker-compose.yml"),
+        ({"ATENDEAI_PROJECT": "Bad Name"}, "project name 'Bad Name' is not valid", "invalid"),
+        (
+            {"ATENDEAI_PROJECT_DIR": "/nonexistent"},
+            "has no compose/docker-compose.yml",
+            "not_found",
+        ),
     ],
 )
-def test_bad_settings(state_dir: Path, overrides: dict[str, str], message: str) -> None:
-    with pytest.raises(AtendeaiError, match=message):
+def test_bad_settings(state_dir: Path, overrides: dict[str, str], message: str, code: str) -> None:
+    with pytest.raises(AtendeaiError, match=message) as caught:
         load_config(overrides)
+    assert caught.value.code == code
 
 
 def test_bad_port_setting_is_one_line(state_dir: Path) -> None:
-    with pytest.raises(AtendeaiError, match="'http' is not a port number"):
+    with pytest.raises(AtendeaiError, match="'http' is not a port number") as caught:
         load_config({"ATENDEAI_POSTGRES_PORT": "http"}).port("ATENDEAI_POSTGRES_PORT")
+    assert caught.value.code == "invalid" and "\n" not in caught.value.message
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

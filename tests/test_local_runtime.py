@@ -26,6 +26,7 @@ import pytest
 
 from atendeai_ctl.stack import processes
 from atendeai_ctl.stack.ports import port_is_free
+from tests.secret_helpers import leaked, mask, project_secrets
 from tests.servers import free_port
 from tests.stack_helpers import Project, new_project
 
@@ -174,19 +175,27 @@ def test_status_json_names_the_runtime_and_the_pids(stack: Project) -> None:
 
 @pytest.mark.local
 def test_secrets_stay_off_argv_and_private(stack: Project) -> None:
-    values = [v for k, v in secrets(stack).items() if k.endswith("PASSWORD")]
+    values = project_secrets(stack.state_dir, stack.name)
+    service_pids = {name: pid for name, pid in pids(stack).items() if name != "migrate"}
+    assert set(service_pids) == {"postgres", "redis", "auth"}
+    ours = set().union(*(descendants(pid) for pid in service_pids.values()))
+    scanned: set[int] = set()
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        assert not any(v in cmdline for v in values), cmdline
+        scanned.add(int(entry))
+        assert leaked(cmdline, values) == [], mask(cmdline, values)
+    assert ours <= scanned  # the stack's own processes were among those read
     base = local_dir(stack)
     assert (base / "conf" / "redis.conf").stat().st_mode & 0o777 == 0o600
     assert not list(base.rglob(".pwfile"))
-    for record in (base / "run").iterdir():
+    records = sorted((base / "run").iterdir())
+    assert {path.stem for path in records} >= {"postgres", "redis", "migrate", "auth"}
+    for record in records:
         assert record.stat().st_mode & 0o777 == 0o600
-        assert not any(v in record.read_text() for v in values)
+        assert leaked(record.read_text(), values) == []
 
 
 @pytest.mark.local
@@ -274,8 +283,14 @@ def test_killed_postgres_is_reported_and_healed(stack: Project) -> None:
 @pytest.mark.local
 def test_down_leaves_no_process_and_data_survives(stack: Project) -> None:
     service_pids = pids(stack)
+    # each tree checked by itself: PostgreSQL's own children (checkpointer, walwriter ...) and
+    # the auth service's workers, so one service's helpers cannot stand in for another's
+    postgres_tree = descendants(service_pids["postgres"])
+    assert len(postgres_tree - {service_pids["postgres"]}) >= 3, postgres_tree
+    auth_tree = descendants(service_pids["auth"])
+    assert len(auth_tree - {service_pids["auth"]}) >= 1, auth_tree
     tree = set().union(*(descendants(pid) for pid in service_pids.values()))
-    assert len(tree) > len(service_pids) - 1  # postgres' own children are in the tree
+    assert postgres_tree | auth_tree <= tree
     down = stack.run("down")
     assert down.returncode == 0, down.stderr
     assert "data kept" in down.stderr

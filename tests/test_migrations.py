@@ -102,8 +102,9 @@ def test_a_failing_migration_leaves_no_trace(database_url: str) -> None:
 
 def test_a_failing_migration_keeps_the_ones_before_it(database_url: str) -> None:
     assert revisions()[-1] == "0003", "re-base tests/failing_migrations on the new head"
-    with pytest.raises(AtendeaiError):
+    with pytest.raises(AtendeaiError) as raised:
         migrations.upgrade(database_url, extra_version_dirs=[FAILING_MIGRATIONS])
+    assert raised.value.code == "failed"
     assert current(database_url) == "0003"
     assert "should_not_exist" not in tables(database_url)
 

@@ -21,14 +21,25 @@ def test_wheel_ships_the_project_files_and_uses_them(tmp_path: Path) -> None:
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
     wheel = next((tmp_path / "dist").glob("atendeai_ctl-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
+    names = set(zipfile.ZipFile(wheel).namelist())
     for required in (
         "atendeai_ctl/_project/compose/docker-compose.yml",
         "atendeai_ctl/_project/compose/auth/Dockerfile",
         "atendeai_ctl/_project/configs/atendeai.env",
         "atendeai_ctl/_project/migrations/env.py",
+        "atendeai_ctl/_project/migrations/script.py.mako",
+        "atendeai_ctl/_project/requirements/runtime.txt",
     ):
         assert required in names
+    # every revision of the checkout, not just the migrations directory's scaffolding
+    revisions = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
+    assert revisions, "the checkout has no revisions: this test would prove nothing"
+    shipped = sorted(
+        name.rsplit("/", 1)[1]
+        for name in names
+        if name.startswith("atendeai_ctl/_project/migrations/versions/") and name.endswith(".py")
+    )
+    assert shipped == revisions
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)
     elsewhere = tmp_path / "elsewhere"
@@ -42,3 +53,12 @@ def test_wheel_ships_the_project_files_and_uses_them(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     project_dir = json.loads(shown.stdout)["settings"]["ATENDEAI_PROJECT_DIR"]["value"]
     assert project_dir == str(unpacked / "atendeai_ctl" / "_project")
+    # and the shipped revisions are the ones the installed command migrates with (offline SQL)
+    sql = subprocess.run(
+        [sys.executable, "-m", "atendeai_ctl", "migrate", "sql", "base:head"],
+        env=env, cwd=elsewhere, capture_output=True, text=True,
+    )  # fmt: skip
+    assert sql.returncode == 0, sql.stderr
+    ids = [name.split("_", 1)[0] for name in revisions]
+    steps = [line for line in sql.stdout.splitlines() if line.startswith("-- Running upgrade")]
+    assert [line.rsplit("-> ", 1)[1].strip() for line in steps] == ids

@@ -6,6 +6,7 @@ heal, recreate on change, data across down/up, down --volumes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.secret_helpers import PASSWORD_NAMES, leaked, mask, project_secrets
 from tests.stack_helpers import Project, new_project, project_resources, remove_project
 
 pytestmark = pytest.mark.docker
@@ -93,20 +95,50 @@ def test_auth_service_answers_on_the_published_port(stack: Project) -> None:
     assert [k["kid"] for k in keys] == [kid]
 
 
-def test_secrets_are_private_and_never_printed(stack: Project) -> None:
-    secrets = stack.state_dir / stack.name / "secrets.env"
-    assert secrets.stat().st_mode & 0o777 == 0o600
-    password = _admin_url(stack).split(":")[2].split("@")[0]
-    shown = stack.run("config", "show")
-    assert password not in shown.stdout + shown.stderr
-    assert password in stack.run("config", "env").stdout
+def _argv_of_every_process(project: Project) -> dict[str, list[str]]:
+    """Every command line the project's containers ran or run: each container's configured
+    entrypoint/command and healthcheck (exited ones too, e.g. migrate), the exec instances
+    the engine still knows (active probes), and the live process list of running ones."""
     import docker
 
-    for container in docker.from_env().containers.list(
-        filters={"label": f"com.docker.compose.project={stack.name}"}
+    client = docker.from_env()
+    found: dict[str, list[str]] = {}
+    for container in client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project.name}"}
     ):
-        top = container.top(ps_args="-eo pid,args")
-        assert all(password not in " ".join(proc) for proc in top["Processes"])
+        attrs = container.attrs
+        config = attrs["Config"]
+        lines = [
+            " ".join([attrs["Path"], *attrs["Args"]]),
+            " ".join(config.get("Entrypoint") or []),
+            " ".join(config.get("Cmd") or []),
+            " ".join((config.get("Healthcheck") or {}).get("Test") or []),
+        ]
+        for exec_id in attrs.get("ExecIDs") or []:
+            with contextlib.suppress(docker.errors.NotFound):
+                process = client.api.exec_inspect(exec_id)["ProcessConfig"]
+                lines.append(" ".join([process["entrypoint"], *process["arguments"]]))
+        if container.status == "running":
+            top = container.top(ps_args="-eo pid,args")
+            lines += [" ".join(proc) for proc in top["Processes"]]
+        found[config["Labels"]["com.docker.compose.service"]] = lines
+    return found
+
+
+def test_secrets_are_private_and_never_printed(stack: Project) -> None:
+    secrets_file = stack.state_dir / stack.name / "secrets.env"
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    secrets = project_secrets(stack.state_dir, stack.name)
+    shown = stack.run("config", "show")
+    assert leaked(shown.stdout + shown.stderr, secrets) == []
+    env_lines = stack.run("config", "env").stdout
+    for name in PASSWORD_NAMES:
+        assert secrets[name] in env_lines  # `config env` is the one command that prints them
+    argv = _argv_of_every_process(stack)
+    assert set(argv) == {"postgres", "redis", "migrate", "auth"}  # the exited job included
+    for service, lines in argv.items():
+        for line in lines:
+            assert leaked(line, secrets) == [], f"{service}: {mask(line, secrets)}"
 
 
 def test_second_up_recreates_nothing(stack: Project) -> None:
@@ -187,10 +219,16 @@ def test_changed_service_is_recreated_alone(stack: Project) -> None:
     report = stack.json("up")
     assert report["ok"] is True
     actions = {s["name"]: s["action"] for s in report["services"]}
+    # auth reaches redis:6379 on the project network, so the published port is not its concern
     assert actions["redis"] == "recreated"
-    assert actions["postgres"] == "unchanged"
+    assert actions["postgres"] == "unchanged" and actions["auth"] == "unchanged"
+    assert actions["migrate"] != "recreated"
     after = _ids(stack)
-    assert after["redis"] != before["redis"] and after["postgres"] == before["postgres"]
+    assert after["redis"] != before["redis"]
+    assert {k: v for k, v in after.items() if k != "redis"} == {
+        k: v for k, v in before.items() if k != "redis"
+    }
+    assert set(after) == {"postgres", "redis", "migrate", "auth"}
     with socket.create_connection(("127.0.0.1", int(stack.env["ATENDEAI_REDIS_PORT"])), 2):
         pass
 

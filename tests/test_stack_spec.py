@@ -91,6 +91,7 @@ def _load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Atend
     path.write_text(text)
     with pytest.raises(AtendeaiError) as caught:
         load_spec(path, env or {}, "p")
+    assert caught.value.code == "invalid"
     assert str(path) in caught.value.message
     assert "\n" not in caught.value.message
     return caught.value
