@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from atendeai_ctl.cli._input import check_text, read_stdin_line
 from atendeai_ctl.errors import AtendeaiError
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ RedisUrlOption = Annotated[
     str | None,
     typer.Option(
         "--redis-url",
+        metavar="URL",
         envvar="ATENDEAI_REDIS_URL",
         help="Target this Redis instead of the stack's (revocations are written there).",
         show_default=False,
@@ -73,7 +75,7 @@ def read_password(*, from_stdin: bool, generate: bool) -> tuple[str, bool]:
 
         return generate_password(), True
     if from_stdin:
-        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+        password = read_stdin_line("the password")
         if not password:
             raise AtendeaiError("invalid", "no password on stdin")
         return password, False
@@ -84,7 +86,7 @@ def read_password(*, from_stdin: bool, generate: bool) -> tuple[str, bool]:
             "pass --password-stdin or --generate-password",
         )
     entered: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
-    return entered, False
+    return check_text(entered, "the password"), False
 
 
 def record(document: dict[str, Any], keys: list[str]) -> None:

@@ -28,9 +28,12 @@ def list_(
         typer.Option("--action", help="Only this action, e.g. login, user.disable."),
     ] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Only rows this recent: 30m, 1h, 7d.")
+        str | None,
+        typer.Option("--since", metavar="DURATION", help="Only rows this recent: 30m, 1h, 7d."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most N rows (1-10000).")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="At most N rows (1-10000).")
+    ] = 50,
     database_url: DatabaseUrlOption = None,
     redis_url: RedisUrlOption = None,
     project_dir: ProjectDirOption = None,

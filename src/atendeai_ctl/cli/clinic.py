@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from atendeai_ctl.cli._admin import IfNotExistsOption, RedisUrlOption, admin, record
-from atendeai_ctl.cli.options import DatabaseUrlOption, JsonOption, ProjectDirOption
+from atendeai_ctl.cli.options import DatabaseUrlOption, JsonOption, ProjectDirOption, examples
 from atendeai_ctl.cli.render import info, print_json, table
 
 app = typer.Typer(
@@ -23,12 +23,20 @@ SlugArgument = Annotated[str, typer.Argument(metavar="SLUG", help="The clinic's 
 FIELDS = ["slug", "name", "status", "id", "created_at"]
 
 
-@app.command("create")
+@app.command(
+    "create",
+    epilog=examples(
+        "atendeai clinic create 'Clínica Sorriso'",
+        "atendeai clinic create 'Clínica Sorriso' --slug sorriso --if-not-exists --json",
+    ),
+)
 def create(
     name: Annotated[str, typer.Argument(help="Display name, e.g. 'Clínica Sorriso'.")],
     slug: Annotated[
         str | None,
-        typer.Option("--slug", help="Default: derived from the name (clinica-sorriso)."),
+        typer.Option(
+            "--slug", metavar="SLUG", help="Default: derived from the name (clinica-sorriso)."
+        ),
     ] = None,
     if_not_exists: IfNotExistsOption = False,
     database_url: DatabaseUrlOption = None,

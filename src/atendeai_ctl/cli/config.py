@@ -8,7 +8,11 @@ from atendeai_ctl.cli.options import JsonOption, ProjectDirOption
 from atendeai_ctl.cli.render import print_json, table
 from atendeai_ctl.config import SECRET_KEYS, load_config
 
-app = typer.Typer(help="Show the resolved configuration.", no_args_is_help=True)
+app = typer.Typer(
+    help="Show the resolved configuration.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 
 
 def _mask(key: str, value: str) -> str:

@@ -47,12 +47,18 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | No
         )
 
 
+MAX_ERROR_LINE = 500
+"""An error line quoting a hostile 100 KB argument back is cut here; the JSON keeps it all."""
+
+
 def error(err: AtendeaiError, *, as_json: bool) -> None:
     if as_json:
         print_json({"error": err.to_dict()})
     line = f"Error: {err.message}"
     if err.hint:
         line += f" ({err.hint})"
+    if len(line) > MAX_ERROR_LINE:
+        line = f"{line[:MAX_ERROR_LINE]}... ({len(line)} characters)"
     if fancy(sys.stderr):
         from rich.console import Console
         from rich.markup import escape

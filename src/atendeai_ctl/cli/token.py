@@ -6,13 +6,13 @@ service would refuse: it answers a question, the operator is not the one unautho
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from atendeai_ctl.cli._admin import ClinicOption, RedisUrlOption, admin
-from atendeai_ctl.cli.options import DatabaseUrlOption, JsonOption, ProjectDirOption
+from atendeai_ctl.cli._input import read_stdin
+from atendeai_ctl.cli.options import DatabaseUrlOption, JsonOption, ProjectDirOption, examples
 from atendeai_ctl.cli.render import info, print_json, table
 from atendeai_ctl.errors import AtendeaiError
 
@@ -27,11 +27,16 @@ UserOption = Annotated[
 ]
 
 
-@app.command("issue")
+@app.command(
+    "issue",
+    epilog=examples("atendeai token issue --clinic alpha --user ana@alpha.test --ttl 5m"),
+)
 def issue(
     clinic: ClinicOption,
     user: UserOption,
-    ttl: Annotated[str, typer.Option("--ttl", help="Lifetime, 1s to 24h: 30s, 15m, 2h.")] = "15m",
+    ttl: Annotated[
+        str, typer.Option("--ttl", metavar="DURATION", help="Lifetime, 1s to 24h: 30s, 15m, 2h.")
+    ] = "15m",
     database_url: DatabaseUrlOption = None,
     redis_url: RedisUrlOption = None,
     project_dir: ProjectDirOption = None,
@@ -51,10 +56,16 @@ def issue(
     info(f"jti {issued.claims['jti']}, expires {issued.expires_at.isoformat()}")
 
 
-@app.command("verify")
+@app.command(
+    "verify",
+    epilog=examples(
+        "atendeai token verify eyJhbGciOiJFZERTQSIs...",
+        'echo "$TOKEN" | atendeai token verify -',
+    ),
+)
 def verify(
     token: Annotated[
-        str, typer.Argument(metavar="[TOKEN|-]", help="The token; '-' or none: read stdin.")
+        str, typer.Argument(metavar="TOKEN", help="The token; '-' or none: read it from stdin.")
     ] = "-",
     redis_url: RedisUrlOption = None,
     project_dir: ProjectDirOption = None,
@@ -63,7 +74,7 @@ def verify(
     """Print a token's claims as JSON (exit 0), or why it is refused (exit 1)."""
     from atendeai_ctl.admin import tokens
 
-    text = sys.stdin.read() if token == "-" else token
+    text = read_stdin("the token") if token == "-" else token
     with admin(None, redis_url, project_dir, need_redis=True, need_database=False) as ctx:
         claims = tokens.verify(ctx, text)
     print_json(claims)

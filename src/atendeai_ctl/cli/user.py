@@ -21,7 +21,7 @@ from atendeai_ctl.cli._admin import (
     read_password,
     record,
 )
-from atendeai_ctl.cli.options import DatabaseUrlOption, JsonOption, ProjectDirOption
+from atendeai_ctl.cli.options import DatabaseUrlOption, JsonOption, ProjectDirOption, examples
 from atendeai_ctl.cli.render import info, print_json, table
 
 if TYPE_CHECKING:
@@ -45,7 +45,14 @@ def _show(member: Member, json_output: bool) -> None:
         record(member.to_dict(), FIELDS)
 
 
-@app.command("create")
+@app.command(
+    "create",
+    epilog=examples(
+        "atendeai user create ana@sorriso.test --clinic sorriso --role admin",
+        "atendeai user create bot@sorriso.test --clinic sorriso --generate-password --json",
+        "atendeai user create ana@sorriso.test --clinic sorriso --password-stdin < pw.txt",
+    ),
+)
 def create(
     email: EmailArgument,
     clinic: ClinicOption,
@@ -143,10 +150,10 @@ def set_role(
     project_dir: ProjectDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Change a user's role (new tokens carry it; live ones within one access TTL)."""
+    """Change a user's role; a changed role ends the user's sessions at once."""
     from atendeai_ctl.admin import users
 
-    with admin(database_url, redis_url, project_dir) as ctx:
+    with admin(database_url, redis_url, project_dir, need_redis=True) as ctx:
         member = users.set_role(ctx, clinic=clinic, email=email, role=role)
     if not json_output:
         info(f"User {member.user.email} is now {member.user.role}.")
