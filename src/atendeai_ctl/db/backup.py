@@ -142,7 +142,12 @@ def dump(url: str, output: Path) -> Path:
     output = output.expanduser().resolve()
     if output.is_dir():
         raise AtendeaiError("invalid", f"{output} is a directory", "give a file name")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AtendeaiError(
+            "failed", f"cannot create {output.parent}: {exc.strerror or exc}", "nothing was changed"
+        ) from None
     tool = find_tool("pg_dump", server_major(url))
     partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))

@@ -29,6 +29,7 @@ from atendeai_ctl.db.connect import (
 from atendeai_ctl.errors import AtendeaiError
 
 if TYPE_CHECKING:
+    import psycopg
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
@@ -163,6 +164,8 @@ def _revision_errors() -> Iterator[None]:
 
 
 def _revision(script: ScriptDirectory, revision: str) -> Revision:
+    if not revision.strip():
+        raise AtendeaiError("invalid", "the revision is empty", "give a revision, e.g. 0001")
     with _revision_errors():
         found = script.get_revision(revision)
     if found is None:
@@ -228,6 +231,63 @@ def current_revision(url: str, *, script: ScriptDirectory | None = None) -> str 
     if len(heads) > 1:
         raise AtendeaiError("invalid", f"the database has several heads: {', '.join(heads)}")
     return heads[0] if heads else None
+
+
+_ASSIGNMENT = re.compile(
+    r"^(?P<key>down_revision|revision)\s*(?::[^=\n]*)?=\s*(?P<value>.+?)\s*$", re.MULTILINE
+)
+_QUOTED = re.compile(r"[\"']([^\"']+)[\"']")
+
+
+def script_head(migrations_dir: Path | None = None) -> str | None:
+    """The head revision id, read from the scripts' `revision = ...` and `down_revision = ...`
+    lines without importing Alembic (`up` asks on every run, and an Alembic import costs more
+    than the whole check). None when the files do not name exactly one head, so the caller
+    falls back to running the migrations, which decide properly."""
+    versions = (migrations_dir or default_migrations_dir()) / "versions"
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    try:
+        scripts = sorted(versions.glob("*.py"))
+    except OSError:
+        return None
+    for script in scripts:
+        try:
+            text = script.read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+        found = {m["key"]: m["value"] for m in _ASSIGNMENT.finditer(text)}
+        revision = _QUOTED.findall(found.get("revision", ""))
+        if len(revision) != 1:
+            return None
+        revisions.add(revision[0])
+        parents.update(_QUOTED.findall(found.get("down_revision", "")))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def database_revision(url: str) -> str | None:
+    """The revision in the database's version table, in one query with psycopg alone (None:
+    never migrated, or at base). Raises AtendeaiError (unreachable, wrong password)."""
+
+    from atendeai_ctl.db.connect import connect
+
+    with connect(url, autocommit=True) as conn, database_errors(url):
+        heads = _version_rows(conn)
+    if len(heads) > 1:
+        raise AtendeaiError("invalid", f"the database has several heads: {', '.join(heads)}")
+    return heads[0] if heads else None
+
+
+def _version_rows(conn: psycopg.Connection[Any]) -> list[str]:
+    """The version table's rows; none when it does not exist (never migrated, or at base)."""
+    from psycopg import errors
+
+    try:
+        rows = conn.execute(f"SELECT version_num FROM {SCHEMA}.{VERSION_TABLE}").fetchall()
+    except (errors.UndefinedTable, errors.InvalidSchemaName):
+        return []
+    return [str(row[0]) for row in rows]
 
 
 def _path(script: ScriptDirectory, upper: str, lower: str | None) -> list[Revision]:
@@ -299,6 +359,10 @@ def upgrade(
     """Migrate up to `revision`, then give atendeai_app `app_password` (if any and the role
     exists). Safe to run concurrently: the second run waits for the first, then does nothing.
     """
+    if revision in ("head", "heads") and not extra_version_dirs:
+        done = _already_at_head(url, migrations_dir, app_password, dry_run)
+        if done is not None:
+            return done
     cfg = alembic_config(url, migrations_dir=migrations_dir, extra_version_dirs=extra_version_dirs)
     script = _script(cfg)
     target = _single_head(script) if revision in ("head", "heads") else revision
@@ -318,6 +382,32 @@ def upgrade(
     outcome.applied = _run("upgrade", cfg, url, target, planned, before)
     outcome.app_role_exists = bool(cfg.attributes.get("app_role_exists"))
     outcome.app_password_set = bool(cfg.attributes.get("app_password_set"))
+    return outcome
+
+
+def _already_at_head(
+    url: str, migrations_dir: Path | None, app_password: str | None, dry_run: bool
+) -> Outcome | None:
+    """`migrate up` of a database already at head (what the stack's migrate job finds on every
+    `up` after the first) without importing Alembic and SQLAlchemy: one connection reads the
+    revision and, as env.py does after migrating, sets the app role's password. None when not
+    at head, or when the scripts do not name one head: the full path decides then."""
+    head = script_head(migrations_dir)
+    if head is None:
+        return None
+    from atendeai_ctl.db.connect import connect
+    from atendeai_ctl.db.roles import ROLE_EXISTS_SQL, set_password_sql
+
+    with connect(url, autocommit=True) as conn, database_errors(url):
+        if _version_rows(conn) != [head]:
+            return None
+        outcome = Outcome(before=head, target=head, planned=[], dry_run=dry_run)
+        if dry_run:
+            return outcome
+        outcome.app_role_exists = conn.execute(ROLE_EXISTS_SQL).fetchone() is not None
+        if app_password and outcome.app_role_exists:
+            conn.execute(set_password_sql(app_password).encode())
+            outcome.app_password_set = True
     return outcome
 
 
@@ -416,10 +506,12 @@ __all__ = [
     "Status",
     "alembic_config",
     "current_revision",
+    "database_revision",
     "history",
     "offline_sql",
     "plan_rollback",
     "rollback",
+    "script_head",
     "status",
     "upgrade",
 ]

@@ -7,12 +7,11 @@ outside the project's labels is ever touched.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from atendeai_ctl.errors import AtendeaiError
-from atendeai_ctl.stack.images import ensure_images
+from atendeai_ctl.stack.engine import Engine, docker_host, unreachable
 from atendeai_ctl.stack.ports import port_holder, port_is_free
 from atendeai_ctl.stack.runtime import (
     EnsureResult,
@@ -37,21 +36,40 @@ def connect(timeout: int = 60) -> docker.DockerClient:
     import docker
     from docker.errors import DockerException
 
-    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
     except DockerException as exc:
-        raise AtendeaiError(
-            "unavailable",
-            f"cannot reach the Docker engine at {where}",
-            "start Docker (dockerd / Docker Desktop) or check DOCKER_HOST",
-        ) from exc
+        raise unreachable(docker_host()) from exc
     return client
+
+
+def engine_answers(timeout: float) -> bool:
+    """A ping, through the stdlib client when it can (no SDK import), else the SDK."""
+    engine = Engine.from_env(timeout=timeout)
+    try:
+        if engine is not None:
+            engine.ping()
+        else:
+            connect(timeout=int(timeout)).close()
+    except AtendeaiError:
+        return False
+    return True
 
 
 def _duration_ns(seconds: float) -> int:
     return int(seconds * 1_000_000_000)
+
+
+class _LazyClient:
+    """Stands for the SDK client, which is made (imported, connected) only if a pull or a build
+    needs it: an unchanged `up` reads through the engine and never does."""
+
+    def __init__(self, runtime: DockerRuntime) -> None:
+        self._runtime = runtime
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime.client, name)
 
 
 class DockerRuntime:
@@ -59,9 +77,22 @@ class DockerRuntime:
 
     def __init__(self, project: str, client: docker.DockerClient | None = None) -> None:
         self.project = project
-        self.client = client or connect()
-        self.api = self.client.api
+        self._client = client
+        # Reads go through the stdlib client (see engine.py) when the engine is a local socket
+        # and no client was handed in; the SDK is imported only to change something.
+        self.engine = Engine.from_env() if client is None else None
         self._image_ids: dict[str, str] = {}
+        self._network_id: str | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
 
     # names -------------------------------------------------------------------------------
     def container_name(self, service: str) -> str:
@@ -73,19 +104,34 @@ class DockerRuntime:
     def _labels(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {PROJECT: self.project, **(extra or {})}
 
+    def _list(self, labels: list[str]) -> list[dict[str, Any]]:
+        if self.engine is not None:
+            return self.engine.containers(labels)
+        return list(self.api.containers(all=True, filters={"label": labels}))
+
+    def _inspect(self, container_id: str) -> dict[str, Any] | None:
+        if self.engine is not None:
+            return self.engine.inspect_container(container_id)
+        from docker.errors import NotFound
+
+        try:
+            return dict(self.api.inspect_container(container_id))
+        except NotFound:
+            return None
+
     def _containers(self) -> list[dict[str, Any]]:
-        return list(self.api.containers(all=True, filters={"label": [f"{PROJECT}={self.project}"]}))
+        return self._list([f"{PROJECT}={self.project}"])
 
     def _container(self, service: str) -> dict[str, Any] | None:
-        found = self.api.containers(
-            all=True,
-            filters={"label": [f"{PROJECT}={self.project}", f"{SERVICE}={service}"]},
-        )
+        found = self._list([f"{PROJECT}={self.project}", f"{SERVICE}={service}"])
         return found[0] if found else None
 
     # preflight ---------------------------------------------------------------------------
     def preflight(self, spec: StackSpec, progress: Progress) -> None:
-        self._image_ids = ensure_images(self.client, spec, progress)
+        from atendeai_ctl.stack.images import ensure_images
+
+        lazy = cast("docker.DockerClient", _LazyClient(self))
+        self._image_ids = ensure_images(lazy, spec, progress, self.engine)
         self._check_ports(spec)
 
     def _check_ports(self, spec: StackSpec) -> None:
@@ -110,7 +156,8 @@ class DockerRuntime:
                 )
 
     def _bindings(self, container_id: str) -> list[dict[str, str]]:
-        ports = self.api.inspect_container(container_id)["HostConfig"].get("PortBindings") or {}
+        info = self._inspect(container_id) or {"HostConfig": {}}
+        ports = info["HostConfig"].get("PortBindings") or {}
         return [b for bindings in ports.values() for b in (bindings or [])]
 
     def _docker_holder(self, host_port: int) -> str | None:
@@ -124,32 +171,80 @@ class DockerRuntime:
 
     # resources ---------------------------------------------------------------------------
     def prepare(self, spec: StackSpec) -> None:
-        from docker.errors import NotFound
-
-        try:
-            net = self.api.inspect_network(spec.network)
-            owner = (net.get("Labels") or {}).get(PROJECT)
-            if owner != self.project:
-                raise AtendeaiError(
-                    "conflict",
-                    f"network {spec.network} exists and belongs to "
-                    + (f"project {owner}" if owner else "something outside atendeai"),
-                    "remove it (docker network rm) or choose another ATENDEAI_PROJECT",
-                )
-        except NotFound:
-            self.api.create_network(
-                spec.network,
-                driver="bridge",
-                labels=self._labels({"com.docker.compose.network": "default"}),
-            )
+        self._network_id = self._network(spec.network)
         for volume in spec.volumes:
             name = self.volume_name(volume)
-            try:
-                self.api.inspect_volume(name)
-            except NotFound:
+            if not self._volume_exists(name):
                 self.api.create_volume(
                     name, labels=self._labels({"com.docker.compose.volume": volume})
                 )
+
+    def _volume_exists(self, name: str) -> bool:
+        if self.engine is not None:
+            return self.engine.inspect_volume(name) is not None
+        from docker.errors import NotFound
+
+        try:
+            self.api.inspect_volume(name)
+        except NotFound:
+            return False
+        return True
+
+    def _network(self, name: str) -> str:
+        """The project's network, by id. The engine allows several networks of one name (two
+        `up` racing past the engine's best-effort duplicate check, or another tool), and then
+        refuses to attach a container by that name ("network is ambiguous"); so every racer
+        picks the same one, removes the unused others, and attaches containers by id."""
+        for attempt in range(3):
+            same = (
+                self.engine.networks(name)
+                if self.engine is not None
+                else [n for n in self.api.networks(names=[name]) if n.get("Name") == name]
+            )
+            ours = [n for n in same if (n.get("Labels") or {}).get(PROJECT) == self.project]
+            if same and not ours:
+                owner = (same[0].get("Labels") or {}).get(PROJECT)
+                raise AtendeaiError(
+                    "conflict",
+                    f"network {name} exists and belongs to "
+                    + (f"project {owner}" if owner else "something outside atendeai"),
+                    "remove it (docker network rm) or choose another ATENDEAI_PROJECT",
+                )
+            if ours:
+                return self._keep_one(ours)
+            if attempt == 2:
+                break
+            from docker.errors import APIError
+
+            try:
+                self.api.create_network(
+                    name,
+                    driver="bridge",
+                    labels=self._labels({"com.docker.compose.network": "default"}),
+                    check_duplicate=True,
+                )
+            except APIError as exc:
+                if exc.status_code != 409:
+                    raise
+            # Listed again rather than trusting the id: a racing twin may exist by now.
+        raise AtendeaiError("failed", f"network {name} could not be created")
+
+    def _keep_one(self, ours: list[dict[str, Any]]) -> str:
+        if len(ours) == 1:
+            return str(ours[0]["Id"])
+        import contextlib
+
+        from docker.errors import APIError
+
+        details = [self.api.inspect_network(n["Id"]) for n in ours]
+        # The one containers use, else the oldest: every racer picks the same.
+        details.sort(key=lambda n: (not n.get("Containers"), n.get("Created", ""), n["Id"]))
+        for extra in details[1:]:
+            if not extra.get("Containers"):
+                # One being attached this instant stays; attaching by id still works.
+                with contextlib.suppress(APIError):
+                    self.api.remove_network(extra["Id"])
+        return str(details[0]["Id"])
 
     # one service -------------------------------------------------------------------------
     def _hash(self, service: Service) -> str:
@@ -185,7 +280,11 @@ class DockerRuntime:
             binds=binds, port_bindings=port_bindings, restart_policy=policy
         )
         networking = self.api.create_networking_config(
-            {spec.network: self.api.create_endpoint_config(aliases=[service.name])}
+            {
+                self._network_id or spec.network: self.api.create_endpoint_config(
+                    aliases=[service.name]
+                )
+            }
         )
         health = None
         if service.healthcheck is not None:
@@ -236,6 +335,9 @@ class DockerRuntime:
         self.api.start(container["Id"])
 
     def probe(self, service: Service) -> ProbeResult:
+        from_host = self._probe_from_host(service)
+        if from_host is not None:
+            return from_host
         container = self._container(service.name)
         if container is None or service.healthcheck is None:
             return ProbeResult(False, "no container" if container is None else "no healthcheck")
@@ -252,11 +354,30 @@ class DockerRuntime:
         text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
         return ProbeResult(code == 0, text.strip())
 
+    @staticmethod
+    def _probe_from_host(service: Service) -> ProbeResult | None:
+        """An HTTP readiness check (`x-atendeai.local.probe.http`) asked through the published
+        port instead of by exec: the auth healthcheck starts a Python process in the container
+        each time, and polled every 50-250 ms while auth itself starts, those processes took
+        the CPU auth needed (on 2 cores, seconds of a warm `up`). Same endpoint, same answer;
+        pg_isready and redis-cli stay exec'd, they cost next to nothing."""
+        local = (service.extensions.get("x-atendeai") or {}).get("local") or {}
+        check = local.get("probe") if isinstance(local, dict) else None
+        if not isinstance(check, dict) or "http" not in check or not service.ports:
+            return None
+        from atendeai_ctl.config import connect_host
+        from atendeai_ctl.stack import probes
+
+        port = service.ports[0]
+        return probes.http_get(
+            f"http://{connect_host(port.host_ip)}:{port.host_port}{check['http']}"
+        )
+
     def inspect(self, service: Service) -> ServiceStatus:
         container = self._container(service.name)
-        if container is None:
+        info = self._inspect(container["Id"]) if container is not None else None
+        if info is None:
             return ServiceStatus(service.name, "missing")
-        info = self.api.inspect_container(container["Id"])
         state = info["State"]
         health: Health = "none"
         if state.get("Health"):
@@ -284,7 +405,7 @@ class DockerRuntime:
         container = self._container(service.name)
         if container is None:
             return ""
-        health = self.api.inspect_container(container["Id"])["State"].get("Health") or {}
+        health = (self._inspect(container["Id"]) or {"State": {}})["State"].get("Health") or {}
         entries = health.get("Log") or []
         return entries[-1].get("Output", "").strip() if entries else ""
 

@@ -2,8 +2,10 @@
 
 A service built from `build:` whose `x-atendeai.bundle` is true gets this very package
 (app/) and wheels of its dependencies for the base image's Python (wheels/) added to its build
-context, so the image builds with no network access inside the build. Built images carry a
-content hash label and are rebuilt only when that hash changes.
+context, so the image builds with no network access inside the build. Those wheels are the pins
+of requirements/runtime.txt, the same resolution as the development lock, hash-checked on the
+host and again in the image. Built images carry a content hash label and are rebuilt only when
+that hash changes.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
 from atendeai_ctl.errors import AtendeaiError
+from atendeai_ctl.stack.engine import Engine
 from atendeai_ctl.stack.runtime import Progress
 from atendeai_ctl.stack.spec import Build, Service, StackSpec
 
@@ -43,10 +45,59 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATENDEAI_CACHE_DIR") or platformdirs.user_cache_dir("atendeai"))
 
 
-def requirements() -> list[str]:
-    """The package's own runtime dependencies (no extras), as installed metadata says."""
-    reqs = metadata.requires("atendeai-ctl") or []
-    return sorted(r for r in reqs if "extra ==" not in r)
+def runtime_lock() -> Path | None:
+    """requirements/runtime.txt: the runtime dependencies pinned with hashes, from the same
+    resolution as the development lock (scripts/lock). At a checkout's top level, or under
+    _project/ in the wheel."""
+    package = Path(__file__).resolve().parent.parent
+    for path in (
+        package.parent.parent / "requirements" / "runtime.txt",
+        package / "_project" / "requirements" / "runtime.txt",
+    ):
+        if path.is_file():
+            return path
+    return None
+
+
+def _lock_text() -> str:
+    path = runtime_lock()
+    if path is None:
+        raise AtendeaiError(
+            "failed",
+            "requirements/runtime.txt, the auth image's pinned dependencies, is missing",
+            "reinstall atendeai-ctl (its wheel carries the file) or run from a checkout",
+        )
+    return path.read_text()
+
+
+def pinned_requirements(lock: str, version: str, machine: str) -> list[str]:
+    """The lock's pins that apply to CPython `version` on Linux/`machine`, as `name==version
+    --hash=...` lines with each marker already decided for that target: pip would judge
+    markers by the host's Python, not the image's (redis needs async-timeout below 3.11.3)."""
+    from packaging.markers import Marker, default_environment
+
+    env: dict[str, str] = {
+        **{k: str(v) for k, v in default_environment().items()},
+        "python_full_version": version,
+        "python_version": ".".join(version.split(".")[:2]),
+        "implementation_name": "cpython",
+        "implementation_version": version,
+        "platform_python_implementation": "CPython",
+        "platform_machine": machine,
+        "platform_system": "Linux",
+        "sys_platform": "linux",
+        "os_name": "posix",
+    }
+    pins = []
+    for line in lock.replace("\\\n", " ").splitlines():
+        if not line or line[0] in "# -":
+            continue
+        requirement, *hashes = line.split("--hash=")
+        pin, _, marker = requirement.partition(";")
+        if marker.strip() and not Marker(marker.strip()).evaluate(env):
+            continue
+        pins.append(" ".join([pin.strip(), *(f"--hash={h.strip()}" for h in hashes)]))
+    return pins
 
 
 def _files(root: Path) -> list[Path]:
@@ -79,7 +130,9 @@ def _build_hash(
         digest.update(str(path.relative_to(context)).encode() + b"\0" + path.read_bytes())
     for src, dest in bundle:
         digest.update(str(dest).encode() + b"\0" + src.read_bytes())
-    digest.update(json.dumps([build.args, build.dockerfile, base_id, requirements()]).encode())
+    lock = runtime_lock()
+    pins = lock.read_text() if lock else ""
+    digest.update(json.dumps([build.args, build.dockerfile, base_id, pins]).encode())
     return digest.hexdigest()
 
 
@@ -92,7 +145,9 @@ def _platform_tags(machine: str, libc: str) -> list[str]:
 
 
 def wheelhouse(client: docker.DockerClient, base_image: str, progress: Progress) -> Path:
-    """Wheels for `base_image`'s Python, made on the host once and cached."""
+    """Wheels for `base_image`'s Python, exactly the runtime lock's pins (hash-checked), made
+    on the host once and cached. Their requirements.txt keeps the hashes, so the image's
+    `pip install` checks them again."""
     try:
         raw = client.containers.run(base_image, ["python", "-c", _PROBE], remove=True)
     except Exception as exc:
@@ -102,7 +157,7 @@ def wheelhouse(client: docker.DockerClient, base_image: str, progress: Progress)
             "set ATENDEAI_PYTHON_IMAGE to an image with python and pip",
         ) from exc
     version, machine, libc = raw.decode().strip().split("|")
-    reqs = requirements()
+    reqs = pinned_requirements(_lock_text(), version, machine)
     key = hashlib.sha256(json.dumps([version, machine, libc, reqs]).encode()).hexdigest()[:16]
     target = cache_dir() / "wheelhouse" / key
     if (target / "requirements.txt").is_file():
@@ -111,26 +166,21 @@ def wheelhouse(client: docker.DockerClient, base_image: str, progress: Progress)
     cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="wheels-", dir=cache_dir()))
     (tmp / "requirements.txt").write_text("\n".join(reqs) + "\n")
-    tags = _platform_tags(machine, libc)
-    wanted = reqs
-    for _ in range(3):
-        _pip_download(wanted, tmp, version, tags)
-        wanted = _missing_for_target(tmp, version, machine)
-        if not wanted:
-            break
-        (tmp / "requirements.txt").write_text("\n".join(reqs + wanted) + "\n")
+    _pip_download(tmp, version, _platform_tags(machine, libc))
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
 
 
-def _pip_download(reqs: list[str], dest: Path, version: str, tags: list[str]) -> None:
+def _pip_download(dest: Path, version: str, tags: list[str]) -> None:
+    """dest/requirements.txt's wheels into dest. --no-deps: the lock is the whole closure."""
     abi = "cp" + "".join(version.split(".")[:2])
     cmd = [
         sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+        "--no-deps", "--require-hashes", "-r", str(dest / "requirements.txt"),
         "--dest", str(dest), "--python-version", version, "--implementation", "cp",
-        "--abi", abi, "--abi", "abi3", "--abi", "none", *reqs,
+        "--abi", abi, "--abi", "abi3", "--abi", "none",
     ]  # fmt: skip
     for tag in tags:
         cmd += ["--platform", tag]
@@ -145,37 +195,11 @@ def _pip_download(reqs: list[str], dest: Path, version: str, tags: list[str]) ->
         )
 
 
-def _missing_for_target(wheels: Path, version: str, machine: str) -> list[str]:
-    """Dependencies pip skipped because it judged `python_full_version` markers by the host's
-    Python rather than the image's (e.g. redis needs async-timeout below 3.11.3)."""
-    import zipfile
-
-    from packaging.markers import default_environment
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    env: dict[str, str] = {
-        **{k: str(v) for k, v in default_environment().items()},
-        "python_full_version": version,
-        "python_version": ".".join(version.split(".")[:2]),
-        "platform_machine": machine,
-        "extra": "",
-    }
-    have, needed = set(), set()
-    for wheel in wheels.glob("*.whl"):
-        have.add(canonicalize_name(wheel.name.split("-")[0]))
-        with zipfile.ZipFile(wheel) as archive:
-            meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-            for line in archive.read(meta).decode().splitlines():
-                if not line.startswith("Requires-Dist:") or "python_full_version" not in line:
-                    continue
-                req = Requirement(line.removeprefix("Requires-Dist:").strip())
-                if req.marker is None or req.marker.evaluate(env):
-                    needed.add((canonicalize_name(req.name), f"{req.name}{req.specifier}"))
-    return sorted(spec for name, spec in needed if name not in have)
-
-
-def _image_id(client: docker.DockerClient, name: str) -> dict[str, Any] | None:
+def _image_id(
+    client: docker.DockerClient, name: str, engine: Engine | None = None
+) -> dict[str, Any] | None:
+    if engine is not None:  # a read: no SDK import when every image is already here
+        return engine.inspect_image(name)
     from docker.errors import ImageNotFound
 
     try:
@@ -217,7 +241,11 @@ def _pull(client: docker.DockerClient, image: str, progress: Progress) -> None:
 
 
 def build_image(
-    client: docker.DockerClient, spec: StackSpec, service: Service, progress: Progress
+    client: docker.DockerClient,
+    spec: StackSpec,
+    service: Service,
+    progress: Progress,
+    engine: Engine | None = None,
 ) -> str:
     """Build `service`'s image unless one with the same content hash exists; its id."""
     assert service.build is not None
@@ -225,13 +253,13 @@ def build_image(
     args = dict(build.args)
     bundle = bool((service.extensions.get("x-atendeai") or {}).get("bundle"))
     base = args.get("PYTHON_IMAGE")
-    base_info = _image_id(client, base) if base else None
+    base_info = _image_id(client, base, engine) if base else None
     if base and base_info is None:
         _pull(client, base, progress)
-        base_info = _image_id(client, base)
+        base_info = _image_id(client, base, engine)
     sources = _bundle_sources(spec.path.parent.parent) if bundle else []
     wanted = _build_hash(service, build, sources, (base_info or {}).get("Id", ""))
-    current = _image_id(client, service.image)
+    current = _image_id(client, service.image, engine)
     if current and (current.get("Config") or {}).get("Labels", {}).get(BUILD_HASH) == wanted:
         return str(current["Id"])
     with tempfile.TemporaryDirectory(prefix="atendeai-build-") as tmp:
@@ -280,20 +308,23 @@ def _remove_quietly(client: docker.DockerClient, image_id: str) -> None:
 
 
 def ensure_images(
-    client: docker.DockerClient, spec: StackSpec, progress: Progress
+    client: docker.DockerClient, spec: StackSpec, progress: Progress, engine: Engine | None = None
 ) -> dict[str, str]:
-    """Every service's image present locally; image name -> id. Fails before anything starts."""
+    """Every service's image present locally; image name -> id. Fails before anything starts.
+
+    With `engine`, images are looked up through it, so `client` (which may connect lazily) is
+    used only to pull or build."""
     ids: dict[str, str] = {}
     for service in spec.services.values():
         if service.build is not None and service.image not in ids:
-            ids[service.image] = build_image(client, spec, service, progress)
+            ids[service.image] = build_image(client, spec, service, progress, engine)
     for service in spec.services.values():
         if service.image in ids:
             continue
-        info = _image_id(client, service.image)
+        info = _image_id(client, service.image, engine)
         if info is None:
             _pull(client, service.image, progress)
-            info = _image_id(client, service.image)
+            info = _image_id(client, service.image, engine)
         if info is None:
             raise AtendeaiError("not_found", f"image {service.image} is missing after the pull")
         ids[service.image] = str(info["Id"])

@@ -22,7 +22,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -47,7 +46,7 @@ from atendeai_ctl.stack.runtime import (
     PublishedPort,
     ServiceStatus,
 )
-from atendeai_ctl.stack.spec import Service, StackSpec
+from atendeai_ctl.stack.spec import Service, StackSpec, published_address
 from atendeai_ctl.state import write_private
 
 KINDS = ("postgres", "redis", "python")
@@ -235,10 +234,7 @@ class LocalRuntime:
     def _localize(spec: StackSpec, service: Service, value: str) -> str:
         """`postgres:5432` in a URL -> the bind address and published port; a mount target ->
         the host path mounted there. What Docker's network and bind mounts do for containers."""
-        for other in spec.services.values():
-            for port in other.ports:
-                pattern = rf"(?<=[@/]){re.escape(other.name)}:{port.target}(?=[/?]|$)"
-                value = re.sub(pattern, f"{connect_host(port.host_ip)}:{port.host_port}", value)
+        value = published_address(spec, value)
         for mount in service.mounts:
             if mount.kind == "bind" and value == mount.target:
                 return mount.source

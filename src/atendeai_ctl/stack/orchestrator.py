@@ -19,9 +19,13 @@ from atendeai_ctl.stack.graph import dependents
 from atendeai_ctl.stack.runtime import Progress, Runtime, ServiceStatus
 from atendeai_ctl.stack.spec import Service, StackSpec
 
-Phase = Literal["creating", "waiting", "starting", "healthy", "started", "completed", "failed"]
+Phase = Literal[
+    "creating", "waiting", "starting", "healthy", "started", "completed", "current", "failed"
+]
 OnEvent = Callable[[str, Phase, float, str], None]
 """(service, phase, seconds since up began, detail)."""
+JobCheck = Callable[[Service], bool]
+"""Whether a one-shot job's work is already done (e.g. the schema is at head)."""
 
 LOG_LINES = 30
 CRASH_LOOP = 3
@@ -35,6 +39,7 @@ class Failure:
     health_output: str = ""
     exit_code: int | None = None
     logs: list[str] = field(default_factory=list)
+    hint: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -43,6 +48,7 @@ class Failure:
             "health_output": self.health_output,
             "exit_code": self.exit_code,
             "logs": self.logs,
+            "hint": self.hint,
         }
 
 
@@ -50,7 +56,8 @@ class Failure:
 class ServiceResult:
     name: str
     action: str = "unchanged"  # created / recreated / unchanged
-    result: str = "skipped"  # healthy / started / completed / failed / skipped
+    result: str = "skipped"  # healthy / started / completed / current / failed / skipped
+    # current: a one-shot job whose work was already done (schema at head): not run again
     seconds: float | None = None
 
     def to_dict(self) -> dict[str, object]:
@@ -122,9 +129,15 @@ def one_shot_services(spec: StackSpec) -> frozenset[str]:
 
 class _Up:
     def __init__(
-        self, spec: StackSpec, runtime: Runtime, timeout: float, on_event: OnEvent
+        self,
+        spec: StackSpec,
+        runtime: Runtime,
+        timeout: float,
+        on_event: OnEvent,
+        job_is_current: JobCheck | None = None,
     ) -> None:
         self.spec, self.runtime, self.timeout, self.on_event = spec, runtime, timeout, on_event
+        self.job_is_current = job_is_current
         self.t0 = time.monotonic()
         self.started = {name: threading.Event() for name in spec.services}
         self.ready = {name: threading.Event() for name in spec.services}
@@ -140,16 +153,30 @@ class _Up:
     def emit(self, service: str, phase: Phase, detail: str = "") -> None:
         self.on_event(service, phase, self.elapsed(), detail)
 
-    def fail(self, service: Service, reason: str, health_output: str = "") -> None:
+    def fail(
+        self,
+        service: Service,
+        reason: str,
+        health_output: str = "",
+        hint: str | None = None,
+        *,
+        raised: bool = False,
+    ) -> None:
+        """`raised`: the failure is an error of ours or the engine's, not the service's exit,
+        so an exit code left by an earlier run would only mislead."""
         with self.lock:
             if self.failure is None:
                 status = self.runtime.inspect(service)
+                if raised:
+                    status.exit_code = None
                 try:
                     raw = b"".join(self.runtime.logs(service.name, tail=LOG_LINES, follow=False))
                     logs = raw.decode(errors="replace").splitlines()[-LOG_LINES:]
                 except AtendeaiError:
                     logs = []
-                self.failure = Failure(service.name, reason, health_output, status.exit_code, logs)
+                self.failure = Failure(
+                    service.name, reason, health_output, status.exit_code, logs, hint
+                )
             self.results[service.name].result = "failed"
             self.abort.set()
         self.emit(service.name, "failed", reason)
@@ -177,15 +204,39 @@ class _Up:
             if not self.wait_for_dependencies(service):
                 return
             status = self.runtime.inspect(service)
-            if status.state != "running" or name in self.one_shot:
+            if name in self.one_shot:
+                return self.run_job(service, status)
+            if status.state != "running":
                 self.emit(name, "starting")
                 self.runtime.start(service)
+            elif status.health == "healthy":
+                # Already running, and the engine's own healthcheck passed: a probe would only
+                # say it again (the auth probe starts a Python process in the container).
+                self.started[name].set()
+                return self.done(service, "healthy")
             self.started[name].set()
             self.await_ready(service)
         except AtendeaiError as exc:
-            self.fail(service, exc.message)
+            self.fail(service, exc.message, hint=exc.hint, raised=True)
         except Exception as exc:  # an engine error mid-way must still end in a report
-            self.fail(service, f"{type(exc).__name__}: {exc}")
+            self.fail(service, f"{type(exc).__name__}: {exc}", raised=True)
+
+    def run_job(self, service: Service, status: ServiceStatus) -> None:
+        """A one-shot job runs again on every `up`, unless its work is already done: then an
+        unchanged container that last exited 0 is left alone, and a new one (after `down`)
+        runs without holding up the services that wait for it."""
+        name = service.name
+        current = self.job_is_current is not None and self.job_is_current(service)
+        action = self.results[name].action
+        if current and action == "unchanged" and status.state == "exited" and not status.exit_code:
+            self.started[name].set()
+            return self.done(service, "current")
+        self.emit(name, "starting")
+        self.runtime.start(service)
+        self.started[name].set()
+        if current and action == "created":
+            self.ready[name].set()  # dependents go on; `up` still waits for the job to succeed
+        self.await_ready(service)
 
     def await_ready(self, service: Service) -> None:
         one_shot = service.name in self.one_shot
@@ -241,11 +292,15 @@ def up(
     timeout: float = 120.0,
     on_event: OnEvent | None = None,
     progress: Progress | None = None,
+    job_is_current: JobCheck | None = None,
 ) -> UpReport:
-    """Bring every service up and ready. Raises for what fails before anything starts."""
+    """Bring every service up and ready. Raises for what fails before anything starts.
+
+    `job_is_current` lets one-shot jobs whose work is already done be skipped (see
+    project.job_checks); without it every job runs on every `up`, as with Compose."""
     runtime.preflight(spec, progress or (lambda *_: None))
     runtime.prepare(spec)
-    run = _Up(spec, runtime, timeout, on_event or (lambda *_: None))
+    run = _Up(spec, runtime, timeout, on_event or (lambda *_: None), job_is_current)
     with ThreadPoolExecutor(max_workers=max(1, len(spec.services))) as pool:
         list(pool.map(run.run, spec.services))
     return UpReport(
@@ -258,11 +313,15 @@ def up(
 
 
 def status(spec: StackSpec, runtime: Runtime, *, project: str) -> StatusReport:
-    """What runs now. A 'starting' health is settled by probing once, not by waiting."""
-    services = []
-    for service in spec.services.values():
+    """What runs now, asked of the engine or the processes (never a cache), every service at
+    once. A 'starting' health is settled by probing once, not by waiting."""
+
+    def one(service: Service) -> ServiceStatus:
         current = runtime.inspect(service)
         if current.state == "running" and current.health == "starting":
             current.health = "healthy" if runtime.probe(service).ok else "starting"
-        services.append(current)
+        return current
+
+    with ThreadPoolExecutor(max_workers=max(1, len(spec.services))) as pool:
+        services = list(pool.map(one, spec.services.values()))
     return StatusReport(project, runtime.name, services, one_shot_services(spec))
