@@ -1,8 +1,19 @@
-"""The root command. AtendeaiError becomes an exit code and one line here, and only here."""
+"""The root command. AtendeaiError becomes an exit code and one line here, and only here.
+
+main() is the boundary: whatever escapes a command (AtendeaiError, a Docker engine refusal,
+or a bug) leaves as one line on stderr (and a JSON error document with --json) and an exit
+code, never as a traceback; ATENDEAI_DEBUG=1 adds the traceback for a bug report.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
 
 import typer
 
@@ -18,6 +29,7 @@ from atendeai_ctl.cli import (
     token,
     user,
 )
+from atendeai_ctl.cli._input import check_arguments, check_environment
 from atendeai_ctl.cli.render import error
 from atendeai_ctl.errors import AtendeaiError
 
@@ -25,6 +37,7 @@ app = typer.Typer(
     name="atendeai",
     help="Operate the AtendeAI stack: services, schema, auth service and administration.",
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -64,18 +77,93 @@ def _from_engine(exc: Exception) -> AtendeaiError | None:
     return AtendeaiError("failed", f"the Docker engine refused: {detail}", "see `atendeai status`")
 
 
-def main() -> None:
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def _unexpected(exc: BaseException, *, debug: bool) -> AtendeaiError:
+    """A bug, said in one line: the type and the first line of the message, passwords in
+    URLs masked (the message of a library exception may quote a connection string)."""
+    lines = str(exc).strip().splitlines()
+    detail = _URL_PASSWORD.sub(r"\1***@", lines[0] if lines else "")
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    message = f"unexpected {type(exc).__name__}" + (f": {detail}" if detail else "")
+    hint = None if debug else "set ATENDEAI_DEBUG=1 to see the traceback"
+    return AtendeaiError("failed", message, hint)
+
+
+def _name_params(command: Any) -> None:
+    """Help that reads like the best Typer CLIs: a flag shows no value placeholder (Typer
+    0.29 prints `<bool>` on every flag), and every argument and value option without an
+    explicit metavar gets its name in upper case, like Click's default, so usage lines and
+    errors never mix `{EMAIL}` and `{name}`.
+
+    Duck-typed on purpose: Typer 0.29 builds on its own copy of Click's classes.
+    """
+    for param in command.params:
+        if param.param_type_name == "option" and (param.is_flag or param.count):
+            param.metavar = ""
+        elif param.metavar is None and param.name:
+            param.metavar = param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        _name_params(sub)
+
+
+def _tidy_help_options(root: Any, args: Sequence[str]) -> None:
+    """The same for --help itself, which Click makes per command on first use: only along
+    the commands `args` address (the only help this process can show), so a plain command
+    does not pay for building the help option of every command."""
+    command = root
+    ctx = root.context_class(root, info_name=root.name, **root.context_settings)
+    words = iter(args)
+    while True:
+        help_option = command.get_help_option(ctx)  # created and cached here, then tidied
+        if help_option is not None:
+            help_option.metavar = ""
+        subcommands = getattr(command, "commands", None)
+        name = next((word for word in words if not word.startswith("-")), None)
+        if not subcommands or name not in subcommands:
+            return
+        command = subcommands[name]
+        ctx = command.context_class(command, info_name=name, parent=ctx, **command.context_settings)
+
+
+@functools.cache
+def _built() -> Any:
+    built = typer.main.get_command(app)
+    _name_params(built)
+    return built
+
+
+def command(args: Sequence[str] = ()) -> Any:
+    """The command tree of `app` (Typer's Click group), built once per process, with help
+    tidied for the commands `args` address."""
+    built = _built()
+    _tidy_help_options(built, args)
+    return built
+
+
+def _fail(err: AtendeaiError, *, as_json: bool) -> None:
+    error(err, as_json=as_json)
+    sys.exit(err.exit_code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
+    debug = os.environ.get("ATENDEAI_DEBUG") == "1"
     try:
-        app()
+        check_arguments(args)
+        check_environment(os.environ)
+        if args[:1] == ["status"] and (code := stack.status_shortcut(args[1:])) is not None:
+            sys.exit(code)  # the command scripts poll, without Typer's parsing cost
+        command(args).main(args=args)
     except AtendeaiError as err:
-        error(err, as_json="--json" in sys.argv[1:])
-        sys.exit(err.exit_code)
-    except Exception as exc:
-        converted = _from_engine(exc)
-        if converted is None:
-            raise
-        error(converted, as_json="--json" in sys.argv[1:])
-        sys.exit(converted.exit_code)
+        _fail(err, as_json=as_json)
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         sys.exit(130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        _fail(_from_engine(exc) or _unexpected(exc, debug=debug), as_json=as_json)

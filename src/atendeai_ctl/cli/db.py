@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from atendeai_ctl.cli.migrate import target
-from atendeai_ctl.cli.options import DatabaseUrlOption, ProjectDirOption, YesOption
+from atendeai_ctl.cli.migrate import project_lock, target
+from atendeai_ctl.cli.options import DatabaseUrlOption, NoWaitOption, ProjectDirOption, YesOption
 from atendeai_ctl.cli.render import confirm, info
 from atendeai_ctl.errors import AtendeaiError
 
@@ -47,14 +47,16 @@ def restore_command(
     yes: YesOption = False,
     database_url: DatabaseUrlOption = None,
     project_dir: ProjectDirOption = None,
+    no_wait: NoWaitOption = False,
 ) -> None:
     """Replace the database's objects and data with those in FILE (one transaction)."""
     from atendeai_ctl.db import backup
     from atendeai_ctl.db.connect import describe
 
-    _, url = target(project_dir, database_url)
+    config, url = target(project_dir, database_url)
     if not dump_file.is_file():
         raise AtendeaiError("not_found", f"{dump_file} does not exist", "give a dump file")
     confirm(f"Replace the contents of {describe(url)} with {dump_file}", yes=yes)
-    backup.restore(url, dump_file)
+    with project_lock(config, database_url, "db restore", no_wait):
+        backup.restore(url, dump_file)
     info(f"restored {dump_file} into {describe(url)}")

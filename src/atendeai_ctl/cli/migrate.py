@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from atendeai_ctl.cli.options import DatabaseUrlOption, JsonOption, ProjectDirOption, YesOption
+from atendeai_ctl.cli.options import (
+    DatabaseUrlOption,
+    JsonOption,
+    NoWaitOption,
+    ProjectDirOption,
+    YesOption,
+    examples,
+)
 from atendeai_ctl.cli.render import confirm, info, print_json, table
 from atendeai_ctl.errors import EXIT_CODES
 
@@ -46,6 +54,17 @@ def target(project_dir: Path | None, database_url: str | None) -> tuple[Config, 
     return config, config.database_url()
 
 
+def project_lock(
+    config: Config, database_url: str | None, command: str, no_wait: bool, *, dry_run: bool = False
+) -> AbstractContextManager[None]:
+    """The project's lock when the command changes the stack's database. None for a dry run,
+    nor for an explicit --database-url: another database, or the stack's own migrate job,
+    which `up` starts while holding the lock and which must not wait for it."""
+    if database_url or dry_run:
+        return nullcontext()
+    return config.state.lock(command, wait=not no_wait, on_wait=info)
+
+
 def migrations_dir(config: Config) -> Path:
     return config.project_dir / "migrations"
 
@@ -75,7 +94,14 @@ def _print_plan(outcome: Outcome, verb: str) -> None:
     print(f"then at {outcome.target or 'base'}")
 
 
-@app.command("up")
+@app.command(
+    "up",
+    epilog=examples(
+        "atendeai migrate up",
+        "atendeai migrate up 0002 --dry-run",
+        "atendeai migrate up --database-url postgresql://user:pw@db:5432/atendeai",
+    ),
+)
 def up(
     revision: Annotated[
         str, typer.Argument(help="Target revision (default: the newest, head).")
@@ -83,6 +109,7 @@ def up(
     dry_run: DryRunOption = False,
     database_url: DatabaseUrlOption = None,
     project_dir: ProjectDirOption = None,
+    no_wait: NoWaitOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Apply pending migrations and set the atendeai_app password from the generated secret."""
@@ -92,13 +119,14 @@ def up(
     password = config.get("ATENDEAI_APP_DB_PASSWORD") or None
     if not dry_run:
         _show_progress()
-    outcome = migrations.upgrade(
-        url,
-        revision,
-        app_password=password,
-        dry_run=dry_run,
-        migrations_dir=migrations_dir(config),
-    )
+    with project_lock(config, database_url, "migrate up", no_wait, dry_run=dry_run):
+        outcome = migrations.upgrade(
+            url,
+            revision,
+            app_password=password,
+            dry_run=dry_run,
+            migrations_dir=migrations_dir(config),
+        )
     if json_output:
         print_json(outcome.to_dict())
     elif dry_run:
@@ -115,11 +143,20 @@ def up(
         )
 
 
-@app.command("rollback")
+@app.command(
+    "rollback",
+    epilog=examples(
+        "atendeai migrate rollback --dry-run",
+        "atendeai migrate rollback --steps 2 --yes",
+        "atendeai migrate rollback --to base --yes --no-backup",
+    ),
+)
 def rollback(
     steps: Annotated[
         int | None,
-        typer.Option("--steps", min=1, help="Undo the newest N migrations (default 1)."),
+        typer.Option(
+            "--steps", min=1, metavar="N", help="Undo the newest N migrations (default 1)."
+        ),
     ] = None,
     to: Annotated[
         str | None,
@@ -136,13 +173,28 @@ def rollback(
     ] = False,
     database_url: DatabaseUrlOption = None,
     project_dir: ProjectDirOption = None,
+    no_wait: NoWaitOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Undo migrations, after a confirmation and a pg_dump backup into the state dir."""
+    config, url = target(project_dir, database_url)
+    with project_lock(config, database_url, "migrate rollback", no_wait, dry_run=dry_run):
+        _rollback(config, url, steps, to, yes, dry_run, no_backup, json_output)
+
+
+def _rollback(
+    config: Config,
+    url: str,
+    steps: int | None,
+    to: str | None,
+    yes: bool,
+    dry_run: bool,
+    no_backup: bool,
+    json_output: bool,
+) -> None:
     from atendeai_ctl.db import backup, migrations
     from atendeai_ctl.db.connect import describe
 
-    config, url = target(project_dir, database_url)
     plan = migrations.plan_rollback(url, steps=steps, to=to, migrations_dir=migrations_dir(config))
     if dry_run or not plan.planned:
         plan.dry_run = dry_run
@@ -221,7 +273,7 @@ def sql(
     spec: Annotated[
         str | None,
         typer.Argument(
-            metavar="[FROM:TO]",
+            metavar="FROM:TO",
             help="Range, e.g. base:head (default), 0001:0003, or 0003:0001 for a downgrade.",
         ),
     ] = None,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
-from atendeai_ctl.cli.options import JsonOption, ProjectDirOption, YesOption
+from atendeai_ctl.cli.options import JsonOption, NoWaitOption, ProjectDirOption, YesOption
 from atendeai_ctl.cli.render import LiveProgress, confirm, info, print_json, table
 from atendeai_ctl.config import Config, load_config
 from atendeai_ctl.errors import AtendeaiError
@@ -36,25 +37,29 @@ def up(
     project_dir: ProjectDirOption = None,
     runtime: RuntimeOption = None,
     timeout: TimeoutOption = None,
+    no_wait: NoWaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Create and start the stack; wait until every service is ready."""
     from atendeai_ctl.stack import orchestrator
-    from atendeai_ctl.stack.project import load_stack, open_runtime, prepare_state
+    from atendeai_ctl.stack.project import job_checks, load_stack, open_runtime, prepare_state
 
-    cfg = prepare_state(_config(project_dir))
-    spec = load_stack(cfg)
-    engine = open_runtime(cfg, runtime, say=info)
-    seconds = timeout if timeout is not None else float(cfg.get("ATENDEAI_TIMEOUT") or 120)
-    with LiveProgress(list(spec.services)) as live:
-        report = orchestrator.up(
-            spec,
-            engine,
-            project=cfg.project,
-            timeout=seconds,
-            on_event=live.event,
-            progress=live.progress,
-        )
+    cfg = _config(project_dir)
+    with cfg.state.lock("up", wait=not no_wait, on_wait=info):
+        cfg = prepare_state(cfg)
+        spec = load_stack(cfg)
+        engine = open_runtime(cfg, runtime, say=info)
+        seconds = timeout if timeout is not None else float(cfg.get("ATENDEAI_TIMEOUT") or 120)
+        with LiveProgress(list(spec.services)) as live:
+            report = orchestrator.up(
+                spec,
+                engine,
+                project=cfg.project,
+                timeout=seconds,
+                on_event=live.event,
+                progress=live.progress,
+                job_is_current=job_checks(spec, cfg),
+            )
     if as_json:
         print_json(report.to_dict())
         if report.failure is not None:
@@ -75,7 +80,8 @@ def up(
                 if failure.exit_code is not None and "code" not in failure.reason
                 else ""
             ),
-            f"`atendeai logs {failure.service}` for more; the other services are left running",
+            failure.hint
+            or f"`atendeai logs {failure.service}` for more; the other services are left running",
         )
     info(f"{cfg.project} is up on {engine.name} in {report.seconds:.1f}s")
 
@@ -87,16 +93,19 @@ def down(
     yes: YesOption = False,
     project_dir: ProjectDirOption = None,
     runtime: RuntimeOption = None,
+    no_wait: NoWaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Stop and remove the stack's containers and network (data stays unless --volumes)."""
     from atendeai_ctl.stack.project import load_stack, open_runtime
 
-    cfg = _config(project_dir).with_secrets(generate=True)
+    cfg = _config(project_dir)
     if volumes:
         confirm(f"Delete all data of project {cfg.project!r} (volumes)?", yes=yes)
-    spec = load_stack(cfg)
-    removed = open_runtime(cfg, runtime).down(spec, volumes=volumes)
+    with cfg.state.lock("down", wait=not no_wait, on_wait=info):
+        cfg = cfg.with_secrets(generate=True)
+        spec = load_stack(cfg)
+        removed = open_runtime(cfg, runtime).down(spec, volumes=volumes)
     if as_json:
         print_json({"schema": 1, "project": cfg.project, "removed": removed})
         return
@@ -125,6 +134,12 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """What runs and whether it is healthy. Exit 0 all healthy, 3 not, 1 engine unreachable."""
+    code = _status(project_dir, runtime, as_json)
+    if code:
+        raise typer.Exit(code)
+
+
+def _status(project_dir: object, runtime: str | None, as_json: bool) -> int:
     from atendeai_ctl.stack import orchestrator
     from atendeai_ctl.stack.project import load_stack, open_runtime
 
@@ -145,8 +160,35 @@ def status(
             for s in report.services
         ]
         table(("service", "state", "health", "ports", "uptime"), rows)
-    if not report.ok:
-        raise typer.Exit(3)
+    return 0 if report.ok else 3
+
+
+def status_shortcut(args: Sequence[str]) -> int | None:
+    """`status [--json] [--project-dir DIR] [--runtime NAME]` parsed here, not by Typer: for
+    each parameter Typer 0.29 builds a pydantic TypeAdapter, and pydantic's import alone is a
+    third of this command's time, while `status` is what scripts and CI poll all day.
+
+    Only these exact forms: anything else (--help, an unknown option, a value missing) answers
+    None, and the command goes the normal way with Typer's parsing and messages. The options'
+    environment variables are read by load_config and open_runtime, as with Typer.
+    """
+    values: dict[str, str] = {}
+    as_json = False
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        name, sep, value = arg.partition("=")
+        if arg == "--json":
+            as_json = True
+        elif name in ("--project-dir", "--runtime") and name not in values:
+            if not sep:
+                if not rest or rest[0].startswith("-"):
+                    return None
+                value = rest.pop(0)
+            values[name] = value
+        else:
+            return None
+    return _status(values.get("--project-dir"), values.get("--runtime"), as_json)
 
 
 def logs(
@@ -189,8 +231,17 @@ def build(project_dir: ProjectDirOption = None) -> None:
 
 def register(app: typer.Typer) -> None:
     """The stack commands sit at the top level, like `docker compose`'s."""
-    app.command("up")(up)
-    app.command("down")(down)
-    app.command("status")(status)
+    from atendeai_ctl.cli.options import examples
+
+    app.command(
+        "up",
+        epilog=examples(
+            "atendeai up", "atendeai up --runtime local --timeout 300", "atendeai up --json"
+        ),
+    )(up)
+    app.command("down", epilog=examples("atendeai down", "atendeai down --volumes --yes"))(down)
+    app.command(
+        "status", epilog=examples("atendeai status", "atendeai status --json | jq .services")
+    )(status)
     app.command("logs")(logs)
     app.command("build")(build)
