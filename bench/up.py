@@ -1,141 +1,491 @@
-"""Time-to-all-healthy of `atendeai up` from cold volumes, against docker-compose (1.29) on the
-same compose file (`up -d`, then polling the engine until every container is healthy and the
-one-shot job has exited 0). Runs alternate; medians and the ratio are printed. Each run also
-times `atendeai up --runtime local` (the embedded runtime) from a cold state dir.
+"""Everyday stack commands: `atendeai` against docker-compose 1.29 on the same compose file.
 
-    python bench/up.py [--runs 3] [--local-only]
+    python bench/up.py [--rounds 3] [--samples 3] [--skip local,sensitivity]
 
-Needs a Docker engine and the images (scripts/offline-images prints the settings to export),
-except with --local-only.
+Prints, in one run, alternating the tools' order each round (round 0 is a discarded warm-up),
+every round with the load average, then medians and ratios atendeai/docker-compose:
+
+  unchanged   `atendeai up` vs `docker-compose up -d` on the tool's own running, unchanged stack
+  status      `atendeai status` vs `docker-compose ps` (process spawn to exit)
+  warm        up after `down` with the data kept (containers and network gone, volumes kept)
+  cold        up with no volumes; each run checks that the project had no volume before it
+              started and that its volumes were created after the clock started
+  local       `atendeai up --runtime local` from an empty state dir, then again unchanged
+  sensitivity cold and warm again, on a copy of the project whose healthchecks say
+              `interval: 1s` (ATENDEAI_PROJECT_DIR / docker-compose -f point at the copy)
+and the breakdown of a cold up per tool: per service, when its container was created and
+started (the engine's Created / State.StartedAt) and when it was ready (the bench's probes),
+in seconds from the command's start.
+
+Both clocks stop on the same external readiness probe run by this script, never on either
+tool's own word: PostgreSQL accepts a psycopg connection and SELECT 1, Redis answers AUTH +
+PING, auth's GET /health/ready answers 200, and the migrate container has exited 0 (local
+runtime: the schema is at the migrations' head). Probes poll every service from the command's
+start; the clock stops when the command has exited and every probe has passed, confirmed by one
+more probe round after the exit. The probe's own cost is paid equally by both tools.
+
+Each tool drives its own project (docker-compose 1.29 cannot read containers that `atendeai`
+labelled, and vice versa), with the same compose file, images, settings and secrets layout;
+only the project name and host ports differ. The auth image gets a bench-only tag, built once
+by `atendeai build` before anything is timed, so other users of the engine are not disturbed.
+Everything the bench creates is removed at the end (`down --volumes`, then a sweep by label),
+also on Ctrl-C and on errors. Figures, never assertions; a scenario with a failed run gets no
+ratio. Needs a Docker engine and the images (scripts/offline-images prints the settings to
+export).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import docker
+import yaml
+from readiness import Probes, UpRun, breakdown, engine_time, project_volumes, sweep, timed_up
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
-ONE_SHOT = {"migrate"}
+BIN = Path(sys.executable).parent
 
 
-def atendeai(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "atendeai_ctl", *args],
-        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+def atendeai_argv() -> list[str]:
+    """The console script next to this interpreter, as an operator's shell would run it."""
+    script = BIN / "atendeai"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "atendeai_ctl"]
 
 
-def compose(*args: str, env: dict[str, str], env_file: Path, project: str) -> None:
-    subprocess.run(
-        ["docker-compose", "-p", project, "--env-file", str(env_file), "-f", str(COMPOSE_FILE),
-         *args],
-        env=env, capture_output=True, check=True,
-    )  # fmt: skip
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def all_healthy(project: str, expected: int) -> bool:
-    import docker
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
 
-    containers = docker.from_env().api.containers(
-        all=True, filters={"label": [f"com.docker.compose.project={project}"]}
+
+@dataclass
+class Project:
+    """One compose project driven by one tool, with everything its probes need."""
+
+    name: str
+    tool: str  # "atendeai" or "docker-compose"
+    env: dict[str, str]
+    project_dir: Path
+    state_dir: Path
+    runtime: str = "docker"
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def compose_file(self) -> Path:
+        return self.project_dir / "compose" / "docker-compose.yml"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / f"{self.name}.compose.env"
+
+    def port(self, service: str) -> int:
+        return int(self.env[f"ATENDEAI_{service.upper()}_PORT"])
+
+    def run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[-4:])} failed ({done.returncode}):\n{done.stderr}")
+        return done
+
+    def compose_argv(self, *args: str) -> list[str]:
+        return [
+            "docker-compose",
+            "-p",
+            self.name,
+            "--env-file",
+            str(self.env_file),
+            "-f",
+            str(self.compose_file),
+            *args,
+        ]
+
+    def prepare(self) -> None:
+        """Secrets (generated by `atendeai config env`), the env-file docker-compose reads."""
+        out = self.run([*atendeai_argv(), "config", "env"]).stdout
+        self.settings = dict(
+            line.split("=", 1) for line in out.splitlines() if "=" in line and line[0] != "#"
+        )
+        self.env_file.write_text(out)
+        self.env_file.chmod(0o600)
+        # `atendeai up` makes the signing key on its first run; docker-compose needs it first
+        from atendeai_ctl.auth.keys import ensure_signing_key
+
+        ensure_signing_key(Path(self.settings["ATENDEAI_JWT_KEYS_DIR"]))
+
+    def probes(self, engine: docker.DockerClient | None, head: str) -> Probes:
+        ports = {s: self.port(s) for s in ("postgres", "redis", "auth")}
+        return Probes(self.name, ports, self.settings, engine, head)
+
+    def up_argv(self) -> list[str]:
+        if self.tool == "docker-compose":
+            return self.compose_argv("up", "-d")
+        runtime = ["--runtime", self.runtime]
+        return [*atendeai_argv(), "up", *runtime]
+
+    def status_argv(self) -> list[str]:
+        if self.tool == "docker-compose":
+            return self.compose_argv("ps")
+        return [*atendeai_argv(), "status"]
+
+    def down(self, *, volumes: bool) -> None:
+        if self.tool == "docker-compose":
+            self.run(self.compose_argv("down", *(["-v"] if volumes else [])))
+        else:
+            extra = ["--volumes", "--yes"] if volumes else []
+            self.run([*atendeai_argv(), "down", *extra, "--runtime", self.runtime])
+
+
+def timed(argv: list[str], project: Project) -> tuple[bool, float]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        argv, env=project.env, capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
-    if len(containers) < expected:
-        return False
-    for c in containers:
-        service = c["Labels"]["com.docker.compose.service"]
-        info = docker.from_env().api.inspect_container(c["Id"])["State"]
-        if service in ONE_SHOT:
-            if info["Status"] != "exited" or info["ExitCode"] != 0:
-                return False
-        elif (info.get("Health") or {}).get("Status", "healthy") != "healthy":
+    return done.returncode == 0, time.perf_counter() - started
+
+
+@dataclass
+class Bench:
+    engine: docker.DockerClient
+    head: str
+    samples: int
+    images: dict[str, str]
+    figures: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    exits: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    breakdowns: dict[str, list[str]] = field(default_factory=dict)
+    dropped: int = 0
+
+    def record(self, scenario: str, tool: str, value: float | None, *, keep: bool) -> None:
+        if not keep:
+            return
+        if value is None:
+            self.failures[(scenario, tool)] = self.failures.get((scenario, tool), 0) + 1
+        else:
+            self.figures.setdefault((scenario, tool), []).append(value)
+
+    def image_changed(self, project: Project) -> bool:
+        """A rebuild during the bench (someone changed the sources) would time a build."""
+        image = project.env["ATENDEAI_AUTH_IMAGE"]
+        now = self.engine.images.get(image).id
+        changed = self.images.get(image) not in (None, now)
+        self.images[image] = now
+        return changed
+
+    def up(self, scenario: str, project: Project, probes: Probes, keep: bool, label: str) -> UpRun:
+        run = timed_up(project.up_argv(), project.env, probes)
+        rebuilt = project.tool == "atendeai" and project.runtime == "docker"
+        if rebuilt and self.image_changed(project):
+            print(
+                f"    {label} {scenario} {project.tool}: the auth image was rebuilt (sources"
+                " changed during the bench); sample dropped"
+            )
+            self.dropped += keep
+            return run
+        self.record(scenario, project.tool, run.ready_s if run.ok else None, keep=keep)
+        if run.ok and keep:
+            self.exits.setdefault((scenario, project.tool), []).append(run.exit_s)
+        shown = f"ready {run.ready_s:6.2f} s (exited {run.exit_s:6.2f} s)" if run.ok else "FAILED"
+        print(
+            f"    {label:<8} {scenario:<18} {project.tool:<15} {shown}  load {load()}", flush=True
+        )
+        if not run.ok:
+            print("      " + run.error.replace("\n", "\n      "), flush=True)
+        return run
+
+    def cold(self, project: Project, probes: Probes, keep: bool, label: str, scenario: str) -> bool:
+        leftovers = project_volumes(self.engine, project.name)
+        if leftovers:
+            raise RuntimeError(f"{project.name}: not cold, volumes exist: {leftovers}")
+        run = self.up(scenario, project, probes, keep, label)
+        if not run.ok:
             return False
-    return True
+        volumes = project_volumes(self.engine, project.name)
+        created = [engine_time(v.get("CreatedAt", "")) for v in volumes]
+        # the engine stamps volumes to the second: created no earlier than the clock's second
+        fresh = len(volumes) == 2 and all(c >= int(run.wall_start) for c in created)
+        print(
+            f"      cold check: no volume before; {len(volumes)} volumes created at"
+            f" {', '.join(f'{c - run.wall_start:+.1f} s' for c in created)}"
+            f" -> {'ok' if fresh else 'NOT COLD'}"
+        )
+        if not fresh:
+            raise RuntimeError(f"{project.name}: a cold run did not start from no volumes")
+        if keep and scenario == "cold":
+            self.breakdowns[project.tool] = breakdown(self.engine, project.name, run)
+        return True
 
-
-def time_atendeai(env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    done = atendeai("up", env=env)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"atendeai up failed:\n{done.stderr}")
-    return elapsed
-
-
-def time_local(env: dict[str, str]) -> float:
-    """The local runtime from nothing: a fresh state dir, so initdb is part of the time."""
-    with tempfile.TemporaryDirectory() as cold:
-        local_env = {**env, "ATENDEAI_STATE_DIR": cold, "ATENDEAI_RUNTIME": "local"}
+    def cycle(self, project: Project, keep: bool, label: str, *, prefix: str = "") -> None:
+        """cold -> unchanged x samples -> status x samples -> warm -> down --volumes."""
+        probes = project.probes(self.engine, self.head)
         try:
-            return time_atendeai(local_env)
+            if not self.cold(project, probes, keep, label, prefix + "cold"):
+                return
+            if not prefix:
+                for _ in range(self.samples):
+                    self.up("unchanged", project, probes, keep, label)
+                values = []
+                for _ in range(self.samples):
+                    ok, seconds = timed(project.status_argv(), project)
+                    self.record("status", project.tool, seconds if ok else None, keep=keep)
+                    values.append(f"{seconds:.2f}" if ok else "FAILED")
+                print(
+                    f"    {label:<8} {'status':<18} {project.tool:<15} {' '.join(values)} s"
+                    f"  load {load()}"
+                )
+            project.down(volumes=False)
+            if project_volumes(self.engine, project.name) == []:
+                raise RuntimeError(f"{project.name}: `down` without --volumes removed the data")
+            self.up(prefix + "warm", project, probes, keep, label)
         finally:
-            atendeai("down", "--volumes", "--yes", env=local_env)
+            project.down(volumes=True)
+
+    def local(self, project: Project, keep: bool, label: str) -> None:
+        """The local runtime with no data (initdb included), then unchanged. The secrets and
+        signing key exist beforehand, as for the Docker projects (`config env` made them)."""
+        probes = project.probes(None, self.head)
+        data = project.state_dir / project.name / "local"
+        if data.exists():
+            raise RuntimeError(f"local runtime data {data} exists: not cold")
+        try:
+            if self.up("local cold", project, probes, keep, label).ok:
+                for _ in range(self.samples):
+                    self.up("local unchanged", project, probes, keep, label)
+        finally:
+            project.down(volumes=True)
+            shutil.rmtree(data, ignore_errors=True)
 
 
-def time_compose(env: dict[str, str], env_file: Path, project: str, services: int) -> float:
-    started = time.perf_counter()
-    compose("up", "-d", env=env, env_file=env_file, project=project)
-    deadline = started + 300
-    while not all_healthy(project, services):
-        if time.perf_counter() > deadline:
-            raise SystemExit("docker-compose: not healthy after 300 s")
-        time.sleep(0.1)
-    return time.perf_counter() - started
+def fast_healthchecks(source: Path, dest: Path) -> None:
+    """A copy of the project whose healthchecks run every second (the sensitivity run)."""
+    for sub in ("compose", "migrations", "configs"):
+        if (source / sub).is_dir():
+            shutil.copytree(source / sub, dest / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(source / "alembic.ini", dest / "alembic.ini")
+    compose = dest / "compose" / "docker-compose.yml"
+    spec = yaml.safe_load(compose.read_text())
+    changed = 0
+    for service in spec["services"].values():
+        if "healthcheck" in service:
+            service["healthcheck"]["interval"] = "1s"
+            changed += 1
+    if not changed:
+        raise RuntimeError("the compose file has no healthcheck to speed up")
+    compose.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_heads()
+    return ",".join(heads)
+
+
+GOALS = {
+    "unchanged": "<= 1.0 s and <= 0.3x",
+    "status": "<= 0.30 s and <= 0.4x",
+    "warm": "<= 2.5 s",
+    "cold": "ratio <= 0.5",
+    "local cold": "<= 3 s",
+    "local unchanged": "<= 0.5 s",
+}
+
+
+def med(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def report(bench: Bench, rounds: int) -> None:
+    print(
+        f"\nmedians of {rounds} rounds (round 0 discarded); seconds from spawn until the external"
+        f" probe passed after the tool exited (status: spawn to exit); load {load()}"
+    )
+    print(
+        f"{'scenario':<20}{'atendeai':>10}{'(exit)':>8}{'compose':>10}{'(exit)':>8}"
+        f"{'ratio':>7}{'runs':>7}  goal"
+    )
+    for scenario in (
+        "unchanged",
+        "status",
+        "warm",
+        "cold",
+        "local cold",
+        "local unchanged",
+        "hc1s cold",
+        "hc1s warm",
+    ):
+        ours = bench.figures.get((scenario, "atendeai"), [])
+        theirs = bench.figures.get((scenario, "docker-compose"), [])
+        failed = bench.failures.get((scenario, "atendeai"), 0) + bench.failures.get(
+            (scenario, "docker-compose"), 0
+        )
+        if not ours and not theirs and not failed:
+            continue
+
+        def exited(tool: str, scenario: str = scenario) -> str:
+            values = bench.exits.get((scenario, tool), [])
+            return f"({statistics.median(values):.2f})" if values else ""
+
+        ratio = "-"
+        if ours and theirs:
+            ratio = f"{statistics.median(ours) / statistics.median(theirs):.2f}"
+        if failed:
+            ratio = "n/a"
+        runs = f"{len(ours)}/{len(theirs)}" if theirs else str(len(ours))
+        note = GOALS.get(scenario, "")
+        if failed:
+            note = f"{failed} failed run(s): no ratio"
+        print(
+            f"{scenario:<20}{med(ours):>10}{exited('atendeai'):>8}{med(theirs):>10}"
+            f"{exited('docker-compose'):>8}{ratio:>7}{runs:>7}  {note}"
+        )
+    if bench.dropped:
+        print(f"{bench.dropped} measured sample(s) dropped: the auth image was rebuilt in them")
+    for tool, rows in bench.breakdowns.items():
+        print(
+            f"\ncold up breakdown, {tool} (last measured round; seconds from the command's start)"
+        )
+        print("\n".join(rows))
+
+
+@contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """SIGTERM/SIGHUP end the bench through the same cleanup as Ctrl-C."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--local-only", action="store_true", help="Only the local runtime.")
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        description=doc.splitlines()[0],
+        epilog="\n".join(doc.splitlines()[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
+    parser.add_argument(
+        "--samples", type=int, default=3, help="unchanged-up and status samples per round"
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts to leave out: docker, local, sensitivity",
+    )
     args = parser.parse_args()
-    project = "atendeaibench"
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "ATENDEAI_PROJECT": project,
-            "ATENDEAI_STATE_DIR": tmp,
-            "ATENDEAI_POSTGRES_PORT": os.environ.get("ATENDEAI_POSTGRES_PORT", "25432"),
-            "ATENDEAI_REDIS_PORT": os.environ.get("ATENDEAI_REDIS_PORT", "26379"),
-            "ATENDEAI_AUTH_PORT": os.environ.get("ATENDEAI_AUTH_PORT", "23001"),
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    with interrupts_as_exceptions():
+        run_all(args.rounds, args.samples, skip)
+
+
+def run_all(rounds: int, samples: int, skip: set[str]) -> None:
+    engine = docker.from_env()
+    tag = uuid.uuid4().hex[:8]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
+    base |= {k: v for k, v in os.environ.items() if k.endswith("_IMAGE") and "ATENDEAI_" in k}
+    base |= {"NO_COLOR": "1", "ATENDEAI_TIMEOUT": "300"}
+    tmp = Path(tempfile.mkdtemp(prefix="atendeai-bench-up-"))
+    tmp.chmod(0o755)
+    projects: list[Project] = []
+    made_images: list[str] = []
+    bench = Bench(engine, head_revision(), samples, {})
+
+    def project(tool: str, suffix: str, project_dir: Path, image: str, **kw: Any) -> Project:
+        name = f"abench{tag}{suffix}"
+        state = tmp / f"state-{suffix}"
+        state.mkdir()
+        env = base | {
+            "ATENDEAI_PROJECT": name,
+            "ATENDEAI_PROJECT_DIR": str(project_dir),
+            "ATENDEAI_STATE_DIR": str(state),
+            "ATENDEAI_AUTH_IMAGE": image,
+            "ATENDEAI_POSTGRES_PORT": str(free_port()),
+            "ATENDEAI_REDIS_PORT": str(free_port()),
+            "ATENDEAI_AUTH_PORT": str(free_port()),
         }
-        local: list[float] = []
-        if args.local_only:
-            for run in range(args.runs):
-                local.append(time_local(env))
-                print(f"run {run + 1}: atendeai --runtime local {local[-1]:.2f}s")
-            print(f"atendeai up --runtime local (cold) median {statistics.median(local):.2f}s")
-            return
-        built = atendeai("build", env=env)  # images are not part of what is timed
-        if built.returncode != 0:
-            raise SystemExit(built.stderr)
-        env_file = Path(tmp) / "compose.env"
-        env_file.write_text(atendeai("config", "env", env=env).stdout)
-        services = 4
-        ours: list[float] = []
-        theirs: list[float] = []
-        for run in range(args.runs):
-            atendeai("down", "--volumes", "--yes", env=env)
-            ours.append(time_atendeai(env))
-            atendeai("down", "--volumes", "--yes", env=env)
-            theirs.append(time_compose(env, env_file, project, services))
-            compose("down", "-v", env=env, env_file=env_file, project=project)
-            local.append(time_local(env))
-            print(
-                f"run {run + 1}: atendeai {ours[-1]:.2f}s  docker-compose {theirs[-1]:.2f}s  "
-                f"local {local[-1]:.2f}s"
-            )
-        atendeai("down", "--volumes", "--yes", env=env)
-    ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-    print(f"atendeai up        median {ours_median:.2f}s")
-    print(f"docker-compose up  median {theirs_median:.2f}s")
-    print(f"atendeai up --runtime local (cold) median {statistics.median(local):.2f}s")
-    print(f"ratio atendeai/docker-compose: {ours_median / theirs_median:.2f} (target <= 0.60)")
+        made = Project(name, tool, env, project_dir, state, **kw)
+        projects.append(made)
+        made.prepare()
+        return made
+
+    def build(p: Project) -> None:
+        print(f"building {p.env['ATENDEAI_AUTH_IMAGE']} (not timed) ...", flush=True)
+        p.run([*atendeai_argv(), "build"])
+        made_images.append(p.env["ATENDEAI_AUTH_IMAGE"])
+        bench.image_changed(p)
+
+    def alternate(pair: list[Project], body: Callable[[Project, bool, str], None]) -> None:
+        for round_ in range(rounds + 1):
+            keep = round_ > 0
+            label = f"round {round_}" if keep else "warm-up"
+            order = pair if round_ % 2 == 1 else list(reversed(pair))
+            print(f"  {label}: {' then '.join(p.tool for p in order)}  load {load()}", flush=True)
+            for p in order:
+                body(p, keep, label)
+
+    print(f"{os.cpu_count()} cores; load {load()}; schema head {bench.head}")
+    try:
+        if "docker" not in skip:
+            image = f"atendeai-auth:bench-{tag}"
+            ours = project("atendeai", "a", ROOT, image)
+            theirs = project("docker-compose", "c", ROOT, image)
+            build(ours)
+            print("docker: cold, unchanged, status, warm (each tool on its own project)")
+            alternate([ours, theirs], bench.cycle)
+        if "local" not in skip:
+            local = project("atendeai", "l", ROOT, "unused", runtime="local")
+            print("local runtime: cold (no data dir), unchanged")
+            for round_ in range(rounds + 1):
+                bench.local(local, round_ > 0, f"round {round_}" if round_ else "warm-up")
+        if "sensitivity" not in skip:
+            fast = tmp / "project-hc1s"
+            fast_healthchecks(ROOT, fast)
+            image = f"atendeai-auth:bench-{tag}-hc1s"
+            ours = project("atendeai", "ah", fast, image)
+            theirs = project("docker-compose", "ch", fast, image)
+            build(ours)
+            print("sensitivity: healthchecks at `interval: 1s` (a copy of the project): cold, warm")
+            alternate([ours, theirs], lambda p, k, lb: bench.cycle(p, k, lb, prefix="hc1s "))
+        report(bench, rounds)
+    finally:
+        print("cleaning up ...", file=sys.stderr, flush=True)
+        for p in projects:
+            with suppress(Exception):
+                p.down(volumes=True)
+            if p.runtime == "docker":
+                sweep(engine, p.name)
+        for image in made_images:
+            with suppress(docker.errors.APIError):
+                engine.images.remove(image, force=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
