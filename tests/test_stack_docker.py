@@ -305,3 +305,22 @@ def test_engine_unreachable(project: Project) -> None:
         assert "Traceback" not in done.stderr
     as_json = project.run("status", "--json", extra_env=env)
     assert json.loads(as_json.stdout)["error"]["code"] == "unavailable"
+
+
+def test_docker_compose_converges_a_project_atendeai_started(
+    project: Project, tmp_path: Path
+) -> None:
+    """docker-compose 1.x reads com.docker.compose.version on every container of the project
+    and crashed ('ComposeVersion' object has no attribute 'version') without it."""
+    assert project.run("up").returncode == 0
+    env_file = tmp_path / "compose.env"
+    env_file.write_text(project.run("config", "env").stdout)
+    done = subprocess.run(
+        ["docker-compose", "-p", project.name, "--env-file", str(env_file),
+         "-f", "compose/docker-compose.yml", "up", "-d", "--no-build"],
+        capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    status = project.json("status")
+    running = {s["name"] for s in status["services"] if s["state"] == "running"}
+    assert running == {"postgres", "redis", "auth"}

@@ -30,6 +30,10 @@ PROJECT = "com.docker.compose.project"
 SERVICE = "com.docker.compose.service"
 CONFIG_HASH = "com.docker.compose.config-hash"
 ONEOFF = "com.docker.compose.oneoff"
+# docker-compose 1.x compares this label with 1.21.0 on every container of the project and
+# crashes when it is missing; it names the Compose generation whose labels these follow.
+VERSION = "com.docker.compose.version"
+COMPOSE_VERSION = "2.0.0"
 
 
 def connect(timeout: int = 60) -> docker.DockerClient:
@@ -102,7 +106,7 @@ class DockerRuntime:
         return f"{self.project}_{volume}"
 
     def _labels(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {PROJECT: self.project, **(extra or {})}
+        return {PROJECT: self.project, VERSION: COMPOSE_VERSION, **(extra or {})}
 
     def _list(self, labels: list[str]) -> list[dict[str, Any]]:
         if self.engine is not None:
@@ -299,6 +303,7 @@ class DockerRuntime:
         labels = {
             **dict(service.labels),
             PROJECT: self.project,
+            VERSION: COMPOSE_VERSION,
             SERVICE: service.name,
             "com.docker.compose.container-number": "1",
             ONEOFF: "False",
