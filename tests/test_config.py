@@ -109,6 +109,19 @@ def test_config_show_masks_secrets_and_names_sources(state_dir: Path, tmp_path: 
     assert secrets["ATENDEAI_POSTGRES_PASSWORD"] not in human + json.dumps(doc)
 
 
+def test_config_env_makes_the_signing_key_compose_mounts(state_dir: Path, tmp_path: Path) -> None:
+    """`docker compose --env-file <(atendeai config env)` on a fresh state dir: the auth
+    service mounts ATENDEAI_JWT_KEYS_DIR and never became ready when it held no key."""
+    shown = _cli("config", "env", env=dict(os.environ), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    values = dict(line.split("=", 1) for line in shown.stdout.splitlines())
+    keys_dir = Path(values["ATENDEAI_JWT_KEYS_DIR"])
+    assert keys_dir.is_relative_to(state_dir)
+    keys = [p for p in keys_dir.iterdir() if p.is_file()]
+    assert keys, f"no signing key in {keys_dir}"
+    assert all(p.stat().st_mode & 0o077 == 0 for p in keys)
+
+
 def test_version_and_module_entry_point(tmp_path: Path) -> None:
     from atendeai_ctl import __version__
 

@@ -39,7 +39,11 @@ def show(project_dir: ProjectDirOption = None, as_json: JsonOption = False) -> N
 @app.command("env")
 def env(project_dir: ProjectDirOption = None) -> None:
     """KEY=VALUE lines, secrets included, for `docker compose --env-file`."""
+    from atendeai_ctl.stack.project import prepare_state
+
     cfg = load_config({"ATENDEAI_PROJECT_DIR": str(project_dir) if project_dir else None})
-    cfg = cfg.with_secrets(generate=True)
+    # The signing key too, as `up` makes it: the auth service of a stack that
+    # `docker compose` starts from these lines mounts the key directory they name.
+    cfg = prepare_state(cfg)
     for key, setting in sorted(cfg.settings.items()):
         print(f"{key}={setting.value}")
