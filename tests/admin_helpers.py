@@ -80,3 +80,15 @@ def assert_refused(done: subprocess.CompletedProcess[str], exit_code: int, fragm
     assert fragment in lines[0], lines[0]
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+SEED_PASSWORD = "a long enough secret"
+
+
+def seeded_cli(admin_url: str, redis_url: str, keys_dir: Path, state_dir: Path) -> Cli:
+    """A CLI on a database with clinic 'alpha' and user ana@alpha.test (SEED_PASSWORD)."""
+    made = make_cli(admin_url, redis_url, keys_dir, state_dir)
+    made.ok("clinic", "create", "Alpha", "--slug", "alpha")
+    made.ok("user", "create", "ana@alpha.test", "--clinic", "alpha", "--password-stdin",
+            stdin=SEED_PASSWORD + "\n")  # fmt: skip
+    return made

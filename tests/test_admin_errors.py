@@ -11,21 +11,17 @@ import psycopg
 import pytest
 import redis
 
-from tests.admin_helpers import Cli, assert_refused, make_cli
+from tests.admin_helpers import SEED_PASSWORD, Cli, assert_refused, seeded_cli
 from tests.auth_helpers import AuthDb, dead_redis_url
 from tests.servers import PostgresServer, free_port
 
-PASSWORD = "a long enough secret"
+PASSWORD = SEED_PASSWORD
 CONFLICT, NOT_FOUND, INVALID, REFUSED, UNAVAILABLE = 5, 4, 6, 7, 1
 
 
 @pytest.fixture
 def cli(auth_db: AuthDb, redis_url: str, keys_dir: Path, state_dir: Path) -> Cli:
-    made = make_cli(auth_db.admin_url, redis_url, keys_dir, state_dir)
-    made.ok("clinic", "create", "Alpha", "--slug", "alpha")
-    made.ok("user", "create", "ana@alpha.test", "--clinic", "alpha", "--password-stdin",
-            stdin=PASSWORD + "\n")  # fmt: skip
-    return made
+    return seeded_cli(auth_db.admin_url, redis_url, keys_dir, state_dir)
 
 
 CASES: list[tuple[list[str], str | None, int, str]] = [

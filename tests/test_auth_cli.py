@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.auth_helpers import PASSWORD, AuthDb
+from tests.serve_helpers import auth_serve
 from tests.servers import free_port
 
 
@@ -32,7 +31,6 @@ def _env(state_dir: Path, **extra: str) -> dict[str, str]:
 def test_serve_with_two_workers_answers_and_logs_json(
     auth_db: AuthDb, redis_url: str, keys_dir: Path, clinic_user: Any, state_dir: Path
 ) -> None:
-    port = free_port()
     env = _env(
         state_dir,
         ATENDEAI_DATABASE_URL=auth_db.app_url,
@@ -40,32 +38,14 @@ def test_serve_with_two_workers_answers_and_logs_json(
         ATENDEAI_JWT_KEYS_DIR=str(keys_dir),
         ATENDEAI_AUTH_BCRYPT_COST="10",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "atendeai_ctl", "auth", "serve", "--port", str(port),
-         "--workers", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "serve did not start"
-            time.sleep(0.1)
+    with auth_serve(env, "--workers", "2") as served:
         login = httpx.post(
-            url + "/auth/login",
+            served.url + "/auth/login",
             json={"clinic": "alpha", "email": "ana@alpha.test", "password": PASSWORD},
         )
         assert login.status_code == 200
-        assert httpx.get(url + "/health/ready").status_code == 200
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+        assert httpx.get(served.url + "/health/ready").status_code == 200
+    out = served.output
     events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
     assert events.count("started") == 2
     assert "login" in events

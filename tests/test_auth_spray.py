@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from atendeai_ctl.auth.forwarding import ClientAddress
 from atendeai_ctl.auth.settings import AuthSettings, RateLimits, parse_networks
 from atendeai_ctl.errors import AtendeaiError
 from tests.auth_helpers import FAST, PASSWORD, AuthDb, live_server
-from tests.servers import free_port
+from tests.serve_helpers import auth_serve
 
 Conn = psycopg.Connection[Any]
 WRONG = "definitely not it"
@@ -159,7 +156,6 @@ def test_auth_serve_ignores_forwarding_headers_by_default(
     state_dir: Path,
 ) -> None:  # fmt: skip
     """`atendeai auth serve` as operators run it: uvicorn must not believe X-Forwarded-For."""
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
     env |= {
         "ATENDEAI_STATE_DIR": str(state_dir),
@@ -168,31 +164,14 @@ def test_auth_serve_ignores_forwarding_headers_by_default(
         "ATENDEAI_JWT_KEYS_DIR": str(keys_dir),
         "ATENDEAI_AUTH_BCRYPT_COST": "10",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "atendeai_ctl", "auth", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "serve did not start"
-            time.sleep(0.1)
+    with auth_serve(env) as served:
         response = httpx.post(
-            url + "/auth/login",
+            served.url + "/auth/login",
             json={"clinic": "alpha", "email": "ana@alpha.test", "password": WRONG},
             headers={"X-Forwarded-For": "198.51.100.77"},
         )
         assert response.status_code == 401
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+    out = served.output
     assert [r[2] for r in audit(admin_conn)] == ["127.0.0.1"]
     assert "198.51.100.77" not in out
     assert json.loads(out.splitlines()[0])["event"] == "started"

@@ -19,10 +19,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.admin_helpers import Cli, make_cli
+from tests.admin_helpers import SEED_PASSWORD, Cli, seeded_cli
 from tests.auth_helpers import AuthDb
 
-PASSWORD = "a long enough secret"
+PASSWORD = SEED_PASSWORD
 INVALID = 6
 BAD_UTF8 = b"\xff\xfe not utf-8 \xc3\x28 at all\n"
 
@@ -71,11 +71,7 @@ def snapshot(cli: Cli) -> tuple[object, ...]:
 
 @pytest.fixture
 def cli(auth_db: AuthDb, redis_url: str, keys_dir: Path, state_dir: Path) -> Cli:
-    made = make_cli(auth_db.admin_url, redis_url, keys_dir, state_dir)
-    made.ok("clinic", "create", "Alpha", "--slug", "alpha")
-    made.ok("user", "create", "ana@alpha.test", "--clinic", "alpha", "--password-stdin",
-            stdin=PASSWORD + "\n")  # fmt: skip
-    return made
+    return seeded_cli(auth_db.admin_url, redis_url, keys_dir, state_dir)
 
 
 def test_user_create_with_invalid_utf8_on_stdin_is_exit_6(cli: Cli) -> None:
