@@ -1,44 +1,208 @@
-"""`atendeai db`: Back up and restore the database (pg_dump custom format)."""
+"""`atendeai db`: back up (with a manifest and retention), list, verify and restore dumps."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 from atendeai_ctl.cli.migrate import project_lock, target
-from atendeai_ctl.cli.options import DatabaseUrlOption, NoWaitOption, ProjectDirOption, YesOption
-from atendeai_ctl.cli.render import confirm, info
-from atendeai_ctl.errors import AtendeaiError
+from atendeai_ctl.cli.options import (
+    DatabaseUrlOption,
+    JsonOption,
+    NoWaitOption,
+    ProjectDirOption,
+    YesOption,
+    examples,
+)
+from atendeai_ctl.cli.render import confirm, info, print_json, table
+from atendeai_ctl.errors import EXIT_CODES, AtendeaiError
 
 app = typer.Typer(
-    help="Back up and restore the database.",
+    help="Back up, list, verify and restore the database (pg_dump custom format).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 
 
-@app.command("backup")
+@app.command(
+    "backup",
+    epilog=examples(
+        "atendeai db backup",
+        "atendeai db backup --keep 14 --json",
+        "atendeai db backup --output /srv/backups/atendeai.dump",
+    ),
+)
 def backup_command(
     output: Annotated[
         Path | None,
         typer.Option(
             "--output",
             "-o",
+            metavar="FILE",
             help="Dump file to write (default: a timestamped file in the state dir's backups/).",
+            show_default=False,
+        ),
+    ] = None,
+    keep: Annotated[
+        int,
+        typer.Option(
+            "--keep",
+            min=1,
+            metavar="N",
+            help="Keep the newest N backups of the project in the dump's directory.",
+        ),
+    ] = 7,
+    database_url: DatabaseUrlOption = None,
+    project_dir: ProjectDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write a pg_dump (custom format, 0600) and its manifest; prints the dump's path."""
+    from atendeai_ctl.db import backup
+
+    config, url = target(project_dir, database_url)
+    taken = backup.take_backup(
+        url, config.state.backups_dir, project=config.project, keep=keep, output=output
+    )
+    for problem in taken.prune_errors:
+        info(f"warning: {problem}")
+    if json_output:
+        print_json(taken.to_dict())
+        return
+    for path in taken.pruned:
+        info(f"pruned {path}")
+    print(taken.path)
+
+
+def _age(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _size(size: int) -> str:
+    amount = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{size} B"
+
+
+@app.command("backups", epilog=examples("atendeai db backups", "atendeai db backups --json"))
+def backups_command(
+    project_dir: ProjectDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List the project's backups in the state dir, newest first, with age, size and revision."""
+    from atendeai_ctl.config import load_config
+    from atendeai_ctl.db import backup
+
+    config = load_config({"ATENDEAI_PROJECT_DIR": str(project_dir) if project_dir else None})
+    entries = backup.list_backups(config.state.backups_dir)
+    now = datetime.now(UTC)
+    if json_output:
+        print_json(
+            {
+                "directory": str(config.state.backups_dir),
+                "backups": [e.to_dict(now) for e in entries],
+            }
+        )
+        return
+    if not entries:
+        info(f"no backups in {config.state.backups_dir}")
+        return
+    rows = []
+    for entry in entries:
+        doc = entry.to_dict(now)
+        verified = doc["verified"]
+        mark = "-" if verified is None else "yes" if verified["ok"] else "FAILED"
+        rows.append(
+            [
+                entry.path.name,
+                doc["created"],
+                _age(doc["age_seconds"]),
+                _size(entry.size),
+                doc["revision"] or "",
+                entry.problem or mark,
+            ]
+        )
+    table(["FILE", "CREATED", "AGE", "SIZE", "REVISION", "VERIFIED"], rows)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, `timeout`) takes the Ctrl-C path, so the scratch database
+    is dropped on the way out instead of left behind."""
+    import signal
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.command(
+    "verify-backup",
+    epilog=examples(
+        "atendeai db verify-backup",
+        "atendeai db verify-backup /srv/backups/atendeai.dump --json",
+    ),
+)
+def verify_backup_command(
+    dump_file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE",
+            help="A dump from `db backup` (default: the newest in the state dir's backups/).",
             show_default=False,
         ),
     ] = None,
     database_url: DatabaseUrlOption = None,
     project_dir: ProjectDirOption = None,
+    json_output: JsonOption = False,
 ) -> None:
-    """Write a pg_dump (custom format, 0600) of the database; prints its path."""
+    """Restore FILE into a scratch database and check it against its manifest (exit 1 if not).
+
+    Checks the sha256 and size, restores into a scratch database on the same server (always
+    dropped), then compares the row count of every table and the revision.
+    """
     from atendeai_ctl.db import backup
+    from atendeai_ctl.db.verify import verify_backup
 
     config, url = target(project_dir, database_url)
-    path = output or backup.default_backup_path(config.state.backups_dir, url)
-    print(backup.dump(url, path))
+    path = dump_file or backup.newest_backup(config.state.backups_dir)
+    with _terminate_as_interrupt():
+        report = verify_backup(url, path)
+    if json_output:
+        print_json(report.to_dict())
+    elif report.ok:
+        tables = report.tables
+        print(
+            f"{report.file}: ok (revision {report.revision}, {len(tables)} tables, "
+            f"{sum(tables.values())} rows, {report.seconds:.1f}s)"
+        )
+    if report.ok:
+        return
+    if json_output:
+        raise typer.Exit(EXIT_CODES["failed"])
+    for problem in report.problems[1:]:
+        info(f"  {problem}")
+    raise AtendeaiError(
+        "failed",
+        f"{report.file} failed verification: {report.problems[0]}",
+        None if len(report.problems) == 1 else f"{len(report.problems)} problems (listed above)",
+    )
 
 
 @app.command("restore")

@@ -210,9 +210,9 @@ def _rollback(
     )
     backup_path: Path | None = None
     if not no_backup:
-        backup_path = backup.dump(
-            url, backup.default_backup_path(config.state.backups_dir, url, "before-rollback")
-        )
+        backup_path = backup.take_backup(
+            url, config.state.backups_dir, project=config.project, reason="before-rollback"
+        ).path
         info(f"backup written to {backup_path}")
     _show_progress()
     outcome = migrations.rollback(

@@ -18,8 +18,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from glob import glob
 from pathlib import Path
+from typing import Any
 
 from atendeai_ctl.db.connect import connect, conninfo, describe
+from atendeai_ctl.db.manifest import (
+    SUFFIX,
+    Manifest,
+    load_manifest,
+    manifest_path,
+    read_facts,
+    sha256_of,
+    write_manifest,
+)
 from atendeai_ctl.errors import AtendeaiError
 
 TOOL_DIRS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin")
@@ -137,8 +147,12 @@ def default_backup_path(directory: Path, url: str, reason: str = "backup") -> Pa
     return directory / f"{conninfo(url).get('dbname', 'db')}-{stamp}-{reason}.dump"
 
 
-def dump(url: str, output: Path) -> Path:
-    """Write a custom-format dump of the whole database to `output` (0600, atomic)."""
+def dump(url: str, output: Path, *, snapshot: str | None = None) -> Path:
+    """Write a custom-format dump of the whole database to `output` (0600, atomic).
+
+    With `snapshot` (from pg_export_snapshot() in a transaction the caller keeps open), the
+    dump sees exactly what that transaction sees: the manifest's row counts describe it.
+    """
     output = output.expanduser().resolve()
     if output.is_dir():
         raise AtendeaiError("invalid", f"{output} is a directory", "give a file name")
@@ -152,7 +166,10 @@ def dump(url: str, output: Path) -> Path:
     partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     try:
-        argv, env = command(tool.path, url, ["--format=custom", f"--file={partial}"])
+        args = ["--format=custom", f"--file={partial}"]
+        if snapshot is not None:
+            args.append(f"--snapshot={snapshot}")
+        argv, env = command(tool.path, url, args)
         _run(argv, env, "pg_dump", url)
         os.replace(partial, output)
     finally:
@@ -201,3 +218,171 @@ def restore(url: str, dump_file: Path) -> None:
             raise
         if had_schema:
             conn.execute(f"DROP SCHEMA {aside} CASCADE")
+
+
+DEFAULT_KEEP = 7
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One dump in a backups directory, with its manifest when it has a readable one."""
+
+    path: Path
+    size: int
+    created: datetime
+    manifest: Manifest | None
+    problem: str | None
+
+    def to_dict(self, now: datetime | None = None) -> dict[str, Any]:
+        now = now or datetime.now(UTC)
+        verified = self.manifest.verified if self.manifest else None
+        return {
+            "file": str(self.path),
+            "created": self.created.isoformat().replace("+00:00", "Z"),
+            "age_seconds": max(0, int((now - self.created).total_seconds())),
+            "size": self.size,
+            "project": self.manifest.project if self.manifest else None,
+            "reason": self.manifest.reason if self.manifest else None,
+            "revision": self.manifest.revision if self.manifest else None,
+            "verified": verified.to_dict() if verified else None,
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A new backup, and what retention did after it."""
+
+    path: Path
+    manifest: Manifest
+    pruned: list[Path]
+    prune_errors: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "manifest": str(manifest_path(self.path)),
+            **{k: v for k, v in self.manifest.to_dict().items() if k != "file"},
+            "pruned": [str(p) for p in self.pruned],
+            "prune_errors": self.prune_errors,
+        }
+
+
+def take_backup(
+    url: str,
+    directory: Path,
+    *,
+    project: str,
+    reason: str = "backup",
+    keep: int = DEFAULT_KEEP,
+    output: Path | None = None,
+) -> Taken:
+    """Dump the database with a manifest beside it, then keep the newest `keep` of the
+    project's dumps in that directory (`db backup` and the backup before a rollback).
+
+    The counts are read and the dump made in one exported snapshot, so they describe the same
+    data. Nothing is pruned unless the new dump and its manifest are both in place.
+    """
+    if keep < 1:
+        raise AtendeaiError("invalid", f"--keep must be 1 or more, not {keep}")
+    path = (output or default_backup_path(directory, url, reason)).expanduser().resolve()
+    with connect(url) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        facts = read_facts(conn)
+        dump(url, path, snapshot=str(row[0]))
+        conn.rollback()
+    try:
+        sha, size = sha256_of(path)
+        manifest = Manifest(
+            project=project,
+            file=path.name,
+            created=datetime.now(UTC),
+            reason=reason,
+            server_version=facts.server_version,
+            revision=facts.revision,
+            tables=facts.tables,
+            sha256=sha,
+            size=size,
+        )
+        write_manifest(manifest_path(path), manifest)
+    except BaseException:
+        path.unlink(missing_ok=True)  # a dump without its manifest is not a backup we keep
+        raise
+    pruned, errors = prune(path.parent, project=project, keep=keep, protect=path)
+    return Taken(path=path, manifest=manifest, pruned=pruned, prune_errors=errors)
+
+
+def _is_dump(path: Path) -> bool:
+    if path.name.startswith(".") or path.name.endswith(SUFFIX) or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(DUMP_MAGIC)) == DUMP_MAGIC
+    except OSError:
+        return False
+
+
+def list_backups(directory: Path) -> list[Entry]:
+    """Every dump in `directory` (files starting with pg_dump's magic), newest first.
+
+    A dump without a manifest (one written before manifests existed, or with `--output` by
+    hand) or with a malformed one is listed with `problem` set, not left out.
+    """
+    try:
+        files = [p for p in directory.iterdir() if _is_dump(p)]
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise AtendeaiError("failed", f"cannot read {directory}: {exc.strerror or exc}") from None
+    entries = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        manifest: Manifest | None = None
+        problem: str | None = None
+        try:
+            manifest = load_manifest(manifest_path(path))
+        except AtendeaiError as err:
+            problem = "no manifest" if err.code == "not_found" else err.message
+        created = manifest.created if manifest else datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+        entries.append(Entry(path, stat.st_size, created, manifest, problem))
+    return sorted(entries, key=lambda e: (e.created, e.path.name), reverse=True)
+
+
+def prune(
+    directory: Path, *, project: str, keep: int, protect: Path | None = None
+) -> tuple[list[Path], list[str]]:
+    """Delete all but the newest `keep` dumps of `project` in `directory`, each with its
+    manifest. Only dumps whose manifest names the project count: a dump without one, or of
+    another project, is never touched. Returns (deleted dumps, errors as text)."""
+    ours = [
+        e
+        for e in list_backups(directory)
+        if e.manifest is not None and e.manifest.project == project
+    ]
+    pruned: list[Path] = []
+    errors: list[str] = []
+    for entry in ours[keep:]:
+        if protect is not None and entry.path == protect:
+            continue
+        try:
+            entry.path.unlink(missing_ok=True)
+            manifest_path(entry.path).unlink(missing_ok=True)
+        except OSError as exc:
+            errors.append(f"cannot delete {entry.path}: {exc.strerror or exc}")
+            continue
+        pruned.append(entry.path)
+    return pruned, errors
+
+
+def newest_backup(directory: Path) -> Path:
+    entries = list_backups(directory)
+    if not entries:
+        raise AtendeaiError(
+            "not_found", f"no backups in {directory}", "take one with `atendeai db backup`"
+        )
+    return entries[0].path
