@@ -81,6 +81,7 @@ class Outcome:
     dry_run: bool = False
     app_role_exists: bool = False
     app_password_set: bool = False
+    partitions_created: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +90,7 @@ class Outcome:
             "planned": [r.revision for r in self.planned],
             "applied": self.applied,
             "dry_run": self.dry_run,
+            "partitions_created": self.partitions_created,
         }
 
 
@@ -382,6 +384,7 @@ def upgrade(
     outcome.applied = _run("upgrade", cfg, url, target, planned, before)
     outcome.app_role_exists = bool(cfg.attributes.get("app_role_exists"))
     outcome.app_password_set = bool(cfg.attributes.get("app_password_set"))
+    outcome.partitions_created = ensure_audit_partitions(url) or 0
     return outcome
 
 
@@ -408,7 +411,41 @@ def _already_at_head(
         if app_password and outcome.app_role_exists:
             conn.execute(set_password_sql(app_password).encode())
             outcome.app_password_set = True
+        outcome.partitions_created = _ensure_partitions(conn)
     return outcome
+
+
+PARTITION_MONTHS_AHEAD = 3
+"""ensure_audit_log_partitions(3): this month's partition and the next three."""
+
+_ENSURE_PARTITIONS = (
+    f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY}); "
+    f"SELECT {SCHEMA}.ensure_audit_log_partitions({PARTITION_MONTHS_AHEAD})"
+)
+
+
+def _ensure_partitions(conn: psycopg.Connection[Any]) -> int:
+    """Create the coming months' audit_log partitions (the migration made only those of the
+    month it ran in). One round trip; under the migration lock, as a transaction, so two
+    `migrate up` at once never race to create one partition. Returns how many were made."""
+    with conn.cursor() as cur:
+        cur.execute(_ENSURE_PARTITIONS.encode())
+        cur.nextset()
+        row = cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def ensure_audit_partitions(url: str) -> int | None:
+    """`_ensure_partitions` on `url`; None when the schema has no such function (at base)."""
+    from atendeai_ctl.db.connect import connect
+
+    with connect(url, autocommit=True) as conn, database_errors(url):
+        found = conn.execute(
+            "SELECT to_regprocedure(%s)", [f"{SCHEMA}.ensure_audit_log_partitions(integer)"]
+        ).fetchone()
+        if found is None or found[0] is None:
+            return None
+        return _ensure_partitions(conn)
 
 
 def _ancestors(script: ScriptDirectory, revision: str) -> set[str]:
@@ -507,6 +544,7 @@ __all__ = [
     "alembic_config",
     "current_revision",
     "database_revision",
+    "ensure_audit_partitions",
     "history",
     "offline_sql",
     "plan_rollback",
