@@ -10,6 +10,7 @@ from atendeai_ctl.config import load_config
 from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.stack.graph import levels
 from atendeai_ctl.stack.interpolate import InterpolationError, interpolate
+from atendeai_ctl.stack.profiles import select_profiles
 from atendeai_ctl.stack.spec import load_spec, parse_duration
 
 ENV = {"A": "1", "EMPTY": ""}
@@ -58,7 +59,8 @@ def test_durations() -> None:
 
 def test_bundled_compose_file_loads(state_dir: Path) -> None:
     cfg = load_config().with_secrets(generate=True)
-    spec = load_spec(cfg.compose_file, cfg.interpolation_env(), cfg.project)
+    # The core, with no profile active (tests/test_profiles.py covers the gateway's `edge`).
+    spec = select_profiles(load_spec(cfg.compose_file, cfg.interpolation_env(), cfg.project), [])
     assert set(spec.services) == {"postgres", "redis", "migrate", "auth"}
     assert levels(spec) == [["postgres", "redis"], ["migrate"], ["auth"]]
     assert spec.network == "atendeai-network"

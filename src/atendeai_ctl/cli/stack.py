@@ -29,11 +29,29 @@ TimeoutOption = Annotated[
 ]
 
 
-def _config(project_dir: object) -> Config:
-    return load_config({"ATENDEAI_PROJECT_DIR": str(project_dir) if project_dir else None})
+ProfileOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--profile",
+        metavar="NAME",
+        help="Also start the services of this profile (repeatable; 'all' for every one); "
+        "adds to ATENDEAI_PROFILES.",
+        show_default=False,
+    ),
+]
+
+
+def _config(project_dir: object, profiles: list[str] | None = None) -> Config:
+    overrides = {"ATENDEAI_PROJECT_DIR": str(project_dir) if project_dir else None}
+    if profiles:
+        # Flags add to the setting from the environment or the files.
+        base = load_config(overrides).get("ATENDEAI_PROFILES") or ""
+        overrides["ATENDEAI_PROFILES"] = ",".join([base, *profiles]).strip(",")
+    return load_config(overrides)
 
 
 def up(
+    profile: ProfileOption = None,
     project_dir: ProjectDirOption = None,
     runtime: RuntimeOption = None,
     timeout: TimeoutOption = None,
@@ -41,13 +59,15 @@ def up(
     as_json: JsonOption = False,
 ) -> None:
     """Create and start the stack; wait until every service is ready."""
+    from atendeai_ctl.config import active_profiles
     from atendeai_ctl.stack import orchestrator
+    from atendeai_ctl.stack.profiles import select_profiles
     from atendeai_ctl.stack.project import job_checks, load_stack, open_runtime, prepare_state
 
-    cfg = _config(project_dir)
+    cfg = _config(project_dir, profile)
     with cfg.state.lock("up", wait=not no_wait, on_wait=info):
         cfg = prepare_state(cfg)
-        spec = load_stack(cfg)
+        spec = select_profiles(load_stack(cfg), active_profiles(cfg))
         engine = open_runtime(cfg, runtime, say=info)
         seconds = timeout if timeout is not None else float(cfg.get("ATENDEAI_TIMEOUT") or 120)
         with LiveProgress(list(spec.services)) as live:
@@ -236,7 +256,10 @@ def register(app: typer.Typer) -> None:
     app.command(
         "up",
         epilog=examples(
-            "atendeai up", "atendeai up --runtime local --timeout 300", "atendeai up --json"
+            "atendeai up",
+            "atendeai up --profile edge",
+            "atendeai up --runtime local --timeout 300",
+            "atendeai up --json",
         ),
     )(up)
     app.command("down", epilog=examples("atendeai down", "atendeai down --volumes --yes"))(down)

@@ -324,4 +324,7 @@ def status(spec: StackSpec, runtime: Runtime, *, project: str) -> StatusReport:
 
     with ThreadPoolExecutor(max_workers=max(1, len(spec.services))) as pool:
         services = list(pool.map(one, spec.services.values()))
+    # A service behind a profile counts once it exists, whatever profile started it; absent,
+    # it was simply not asked for.
+    services = [s for s in services if s.state != "missing" or not spec.services[s.name].profiles]
     return StatusReport(project, runtime.name, services, one_shot_services(spec))

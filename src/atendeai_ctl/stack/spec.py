@@ -9,6 +9,7 @@ runtimes (Compose itself ignores them).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ import yaml
 
 from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.stack.interpolate import InterpolationError, interpolate
+from atendeai_ctl.stack.profiles import ALL_PROFILES, PROFILE_NAME
 
 Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
 CONDITIONS: tuple[str, ...] = (
@@ -31,7 +33,7 @@ SERVICE_KEYS = frozenset(
     {
         "image", "build", "command", "entrypoint", "environment", "volumes", "ports",
         "depends_on", "healthcheck", "restart", "user", "stop_signal", "stop_grace_period",
-        "working_dir", "labels",
+        "working_dir", "labels", "profiles", "networks",
     }
 )  # fmt: skip
 TOP_KEYS = frozenset({"version", "name", "services", "volumes", "networks"})
@@ -55,6 +57,9 @@ class Mount:
     target: str
     kind: Literal["volume", "bind"]
     read_only: bool = False
+    # A read-only bind mount of one file (a config such as haproxy.cfg): its content's digest,
+    # so editing the file changes the service's config hash and `up` recreates it.
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class Service:
     working_dir: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
     extensions: Mapping[str, Any] = field(default_factory=dict)
+    profiles: tuple[str, ...] = ()  # empty: always on
+    ipv4_address: str | None = None  # a fixed address on the project network
 
     @property
     def env(self) -> dict[str, str]:
@@ -101,6 +108,14 @@ class Service:
         """Like Compose's com.docker.compose.config-hash: changes iff the service's config does."""
         document = asdict(self)
         document["extensions"] = dict(self.extensions)
+        # Which profile starts a service is not its configuration; and a field at its default
+        # stays out, so a stack that does not use it keeps its hashes (no recreation).
+        del document["profiles"]
+        if self.ipv4_address is None:
+            del document["ipv4_address"]
+        for mount in document["mounts"]:
+            if mount["digest"] is None:
+                del mount["digest"]
         encoded = json.dumps(document, sort_keys=True, default=str).encode()
         return hashlib.sha256(encoded).hexdigest()
 
@@ -112,6 +127,7 @@ class StackSpec:
     volumes: tuple[str, ...]
     network: str
     extensions: Mapping[str, Any] = field(default_factory=dict)
+    subnet: str | None = None  # the project network's fixed subnet, when the file sets one
 
 
 class _Ctx:
@@ -237,7 +253,13 @@ def _mount(value: Any, ctx: _Ctx, where: str, volumes: set[str], base: Path) -> 
         raise ctx.fail(where, f"mode {mode!r} must be ro or rw")
     if source.startswith(("/", ".", "~")):
         host = (base / Path(source).expanduser()).resolve()
-        return Mount(str(host), target, "bind", mode == "ro")
+        digest = None
+        if mode == "ro" and host.is_file():
+            try:
+                digest = hashlib.sha256(host.read_bytes()).hexdigest()
+            except OSError as exc:
+                raise ctx.fail(where, f"cannot read {host}: {exc.strerror}") from exc
+        return Mount(str(host), target, "bind", mode == "ro", digest)
     if source not in volumes:
         raise ctx.fail(where, f"volume {source!r} is not declared under top-level 'volumes'")
     return Mount(source, target, "volume", mode == "ro")
@@ -353,6 +375,8 @@ def _service(
         raise ctx.fail(f"{where}.stop_grace_period", str(exc)) from exc
     health = raw.get("healthcheck")
     return Service(
+        profiles=_profiles(raw.get("profiles", []), ctx, f"{where}.profiles"),
+        ipv4_address=_service_network(raw.get("networks"), ctx, f"{where}.networks"),
         name=name,
         image=image,
         build=build,
@@ -383,6 +407,47 @@ def _service(
         labels=tuple(sorted(_mapping(raw.get("labels"), ctx, f"{where}.labels").items())),
         extensions={k: v for k, v in raw.items() if str(k).startswith("x-")},
     )
+
+
+def _profiles(value: Any, ctx: _Ctx, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.fail(where, "must be a list of profile names")
+    for name in value:
+        if not PROFILE_NAME.match(name) or name == ALL_PROFILES:
+            raise ctx.fail(where, f"{name!r} is not a profile name (letters, digits, _ . -)")
+    return tuple(value)
+
+
+def _service_network(value: Any, ctx: _Ctx, where: str) -> str | None:
+    """Only the project network, optionally with a fixed address (the gateway's, which the
+    auth service trusts for forwarding headers)."""
+    if value is None or value == ["default"]:
+        return None
+    if not isinstance(value, dict) or set(value) != {"default"}:
+        raise ctx.fail(where, "only the 'default' network is supported")
+    body = value["default"] or {}
+    if not isinstance(body, dict) or set(body) - {"ipv4_address"}:
+        raise ctx.fail(f"{where}.default", "only 'ipv4_address' is supported")
+    if "ipv4_address" not in body:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(str(body["ipv4_address"])))
+    except ValueError as exc:
+        raise ctx.fail(f"{where}.default.ipv4_address", "must be an IPv4 address") from exc
+
+
+def _subnet(value: Any, ctx: _Ctx, where: str) -> str | None:
+    if value is None:
+        return None
+    pools = value.get("config") if isinstance(value, dict) and set(value) <= {"config"} else None
+    if not isinstance(pools, list) or len(pools) != 1 or not isinstance(pools[0], dict):
+        raise ctx.fail(where, "only 'config: [{subnet: CIDR}]' is supported")
+    if set(pools[0]) != {"subnet"}:
+        raise ctx.fail(f"{where}.config[0]", "only 'subnet' is supported")
+    try:
+        return str(ipaddress.IPv4Network(str(pools[0]["subnet"])))
+    except ValueError as exc:
+        raise ctx.fail(f"{where}.config[0].subnet", f"not an IPv4 network: {exc}") from exc
 
 
 def _find_cycle(services: Mapping[str, Service]) -> list[str] | None:
@@ -460,10 +525,21 @@ def load_spec(path: Path, env: Mapping[str, str], project: str) -> StackSpec:
     if not isinstance(networks, dict) or set(networks) - {"default"}:
         raise ctx.fail("networks", "only the 'default' network is supported")
     default = networks.get("default") or {}
-    if not isinstance(default, dict) or set(default) - {"name"}:
-        raise ctx.fail("networks.default", "only 'name' is supported")
+    if not isinstance(default, dict) or set(default) - {"name", "ipam"}:
+        raise ctx.fail("networks.default", "only 'name' and 'ipam' are supported")
     network = str(default.get("name", network))
-    return StackSpec(path, services, tuple(sorted(volumes)), network, extensions)
+    subnet = _subnet(default.get("ipam"), ctx, "networks.default.ipam")
+    for svc in services.values():
+        if svc.ipv4_address is None:
+            continue
+        if subnet is None or ipaddress.IPv4Address(svc.ipv4_address) not in ipaddress.IPv4Network(
+            subnet
+        ):
+            raise ctx.fail(
+                f"services.{svc.name}.networks.default.ipv4_address",
+                f"{svc.ipv4_address} is not in the network's subnet ({subnet or 'none set'})",
+            )
+    return StackSpec(path, services, tuple(sorted(volumes)), network, extensions, subnet)
 
 
 def published_address(spec: StackSpec, value: str) -> str:
