@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ STANDINS = {
     "ATENDEAI_POSTGRES_IMAGE": "atendeai-standin/postgres:15",
     "ATENDEAI_REDIS_IMAGE": "atendeai-standin/redis:7",
     "ATENDEAI_PYTHON_IMAGE": "atendeai-standin/python:3.11",
+    "ATENDEAI_HAPROXY_IMAGE": "atendeai-standin/haproxy:2.6",
 }
 
 
@@ -108,6 +110,16 @@ class Project:
         return json.loads(done.stdout)
 
 
+_SUBNETS = itertools.count()
+
+
+def unique_subnet() -> str:
+    """A /24 no other project of this test run holds at the same time. The derived one (a hash
+    of the project name into 8192 choices) can meet another live test project's now and then;
+    outside 10.96.0.0/11, and per process, so parallel runs on one engine differ too."""
+    return f"10.{160 + os.getpid() % 64}.{next(_SUBNETS) % 256}.0/24"
+
+
 def new_project(tmp_path: Path, *, prefix: str = "t", images: bool = True, **extra: str) -> Project:
     """An isolated project: its own name, state dir and free ports (and the stand-in images
     when `images`; the local runtime needs none)."""
@@ -119,6 +131,7 @@ def new_project(tmp_path: Path, *, prefix: str = "t", images: bool = True, **ext
         "ATENDEAI_REDIS_PORT": str(free_port()),
         "ATENDEAI_AUTH_PORT": str(free_port()),
         "ATENDEAI_TIMEOUT": "90",
+        "ATENDEAI_SUBNET": unique_subnet(),
         **(image_env() if images else {}),
         **extra,
     }

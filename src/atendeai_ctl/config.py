@@ -198,4 +198,61 @@ def load_config(
     settings["ATENDEAI_JWT_KEYS_DIR"] = settings.get(
         "ATENDEAI_JWT_KEYS_DIR", Setting(str(state_root / project / "jwt"), "derived")
     )
+    _edge_settings(settings, project)
     return config
+
+
+def active_profiles(config: Config) -> tuple[str, ...]:
+    from atendeai_ctl.stack.profiles import parse_profiles
+
+    return parse_profiles(config.get("ATENDEAI_PROFILES") or "")
+
+
+def project_subnet(project: str) -> str:
+    """A /24 for the project's network, the same on every run: the gateway needs a fixed
+    address in it (the one the auth service trusts), and two projects on one engine must not
+    share a subnet. Taken from 10.96.0.0/11 by a hash of the name (8192 choices); set
+    ATENDEAI_SUBNET when it meets another network."""
+    import hashlib
+
+    index = int.from_bytes(hashlib.sha256(project.encode()).digest()[:2], "big") % 8192
+    return f"10.{96 + index // 256}.{index % 256}.0/24"
+
+
+def _edge_settings(settings: dict[str, Setting], project: str) -> None:
+    """The project network's subnet, the gateway's fixed address in it, and what the auth
+    service trusts for forwarding headers: the gateway's address while the edge profile is
+    active, nothing otherwise (set ATENDEAI_AUTH_TRUSTED_PROXIES to decide it yourself)."""
+    import ipaddress
+
+    from atendeai_ctl.stack.profiles import ALL_PROFILES, parse_profiles
+
+    subnet_setting = settings.setdefault(
+        "ATENDEAI_SUBNET", Setting(project_subnet(project), "derived")
+    )
+    try:
+        network = ipaddress.IPv4Network(subnet_setting.value)
+    except ValueError as exc:
+        raise AtendeaiError(
+            "invalid",
+            f"ATENDEAI_SUBNET={subnet_setting.value!r} is not an IPv4 network: {exc}",
+            "use a CIDR such as 10.96.0.0/24",
+        ) from exc
+    if network.num_addresses < 8:
+        raise AtendeaiError(
+            "invalid", f"ATENDEAI_SUBNET={network} is too small", "use a /29 or larger"
+        )
+    # The top of the range: the engine hands out addresses from the bottom.
+    gateway = settings.setdefault(
+        "ATENDEAI_GATEWAY_ADDRESS", Setting(str(network.broadcast_address - 1), "derived")
+    )
+    profiles = parse_profiles(settings.get("ATENDEAI_PROFILES", Setting("", "default")).value)
+    edge = "edge" in profiles or ALL_PROFILES in profiles
+    settings.setdefault(
+        "ATENDEAI_AUTH_TRUSTED_PROXIES", Setting(gateway.value if edge else "", "derived")
+    )
+    # HAProxy takes the origins as separate words: commas become spaces.
+    cors = settings.get("ATENDEAI_CORS_ORIGINS")
+    if cors is not None:
+        words = " ".join(o for o in re.split(r"[\s,]+", cors.value) if o)
+        settings["ATENDEAI_CORS_ORIGINS"] = Setting(words, cors.source)

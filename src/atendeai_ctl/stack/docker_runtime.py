@@ -175,7 +175,9 @@ class DockerRuntime:
 
     # resources ---------------------------------------------------------------------------
     def prepare(self, spec: StackSpec) -> None:
-        self._network_id = self._network(spec.network)
+        self._network_id = self._network(spec.network, spec.subnet)
+        if any(s.ipv4_address for s in spec.services.values()):
+            self._check_subnet(spec.network, self._network_id, spec.subnet)
         for volume in spec.volumes:
             name = self.volume_name(volume)
             if not self._volume_exists(name):
@@ -194,7 +196,7 @@ class DockerRuntime:
             return False
         return True
 
-    def _network(self, name: str) -> str:
+    def _network(self, name: str, subnet: str | None = None) -> str:
         """The project's network, by id. The engine allows several networks of one name (two
         `up` racing past the engine's best-effort duplicate check, or another tool), and then
         refuses to attach a container by that name ("network is ambiguous"); so every racer
@@ -226,12 +228,33 @@ class DockerRuntime:
                     driver="bridge",
                     labels=self._labels({"com.docker.compose.network": "default"}),
                     check_duplicate=True,
+                    ipam=_ipam(subnet),
                 )
             except APIError as exc:
+                if "overlap" in str(exc):
+                    raise AtendeaiError(
+                        "conflict",
+                        f"network {name}: subnet {subnet} overlaps another network",
+                        "set ATENDEAI_SUBNET to a free /24 (docker network ls shows the others)",
+                    ) from exc
                 if exc.status_code != 409:
                     raise
             # Listed again rather than trusting the id: a racing twin may exist by now.
         raise AtendeaiError("failed", f"network {name} could not be created")
+
+    def _check_subnet(self, name: str, network_id: str, subnet: str | None) -> None:
+        """A fixed address (the gateway's) needs the network made with the file's subnet; a
+        network from before the file set one cannot give it, so say so before anything starts."""
+        pools = (self.api.inspect_network(network_id).get("IPAM") or {}).get("Config") or []
+        have = [str(p.get("Subnet")) for p in pools if p.get("Subnet")]
+        if subnet not in have:
+            raise AtendeaiError(
+                "conflict",
+                f"network {name} has subnet {', '.join(have) or 'chosen by the engine'}, not "
+                f"{subnet} (ATENDEAI_SUBNET): the gateway's fixed address needs the latter",
+                "run `atendeai down` (data is kept) and `up` again: the network is made anew "
+                "with that subnet",
+            )
 
     def _keep_one(self, ours: list[dict[str, Any]]) -> str:
         if len(ours) == 1:
@@ -286,7 +309,7 @@ class DockerRuntime:
         networking = self.api.create_networking_config(
             {
                 self._network_id or spec.network: self.api.create_endpoint_config(
-                    aliases=[service.name]
+                    aliases=[service.name], ipv4_address=service.ipv4_address
                 )
             }
         )
@@ -458,3 +481,13 @@ class DockerRuntime:
                 self.api.remove_volume(vol["Name"])
                 removed.append(f"volume {vol['Name']}")
         return removed
+
+
+def _ipam(subnet: str | None) -> Any:
+    """A fixed subnet when the compose file sets one (so a service can hold a fixed address);
+    else the engine picks, as before."""
+    if subnet is None:
+        return None
+    from docker.types import IPAMConfig, IPAMPool
+
+    return IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])
