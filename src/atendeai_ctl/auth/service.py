@@ -292,11 +292,15 @@ class Service:
             raise unavailable("Redis") from None
 
     def bearer_claims(self, scope: Scope) -> Claims:
+        return self.bearer(scope)[0]
+
+    def bearer(self, scope: Scope) -> tuple[Claims, bytes]:
+        """The bearer token's claims, and their signed JSON (the body /auth/verify sends)."""
         token = bearer_token(scope)
         if token is None:
             raise ApiError(401, "invalid_token", "missing bearer token", UNAUTHORIZED)
         try:
-            return self.verifier.verify(token)
+            return self.verifier.verify_with_payload(token)
         except TokenError as exc:
             self.log.info("token_refused", reason=exc.reason)
             raise ApiError(401, "invalid_token", "invalid or expired token", UNAUTHORIZED) from None

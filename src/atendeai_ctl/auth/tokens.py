@@ -1,7 +1,13 @@
 """Access tokens (EdDSA JWTs with a kid) and opaque refresh tokens.
 
-Verification pins the algorithm to EdDSA and the key to the kid's Ed25519 public key, so
-`alg: none` and HS/RS key confusion cannot apply; every claim the API relies on is required.
+Tokens are compact JWS, signed and checked with `cryptography` directly (PyJWT's generic
+machinery cost more than the rest of a cached verify). Verification pins the algorithm to
+EdDSA and the key to the kid's Ed25519 public key, so `alg: none` and HS/RS key confusion
+cannot apply; every claim the API relies on is required. The header segment of the tokens
+we sign is the same bytes for every token of a kid, so it is recognised by exact match; any
+other header is parsed and must still name EdDSA and a known kid (then remembered until the
+key ring changes).
+
 A token whose signature has been checked once is remembered (keyed by its exact text) until
 the key ring changes, so the hot path repeats only the expiry check; revocation is checked
 separately on every call (sessions.py).
@@ -9,13 +15,17 @@ separately on every call (sessions.py).
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import json
+import math
 import secrets
 import time
 import uuid
 from typing import Any
 
-import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from atendeai_ctl.auth.keys import KeyRing
 from atendeai_ctl.auth.settings import AuthSettings
@@ -26,8 +36,12 @@ REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "aud", "iss"]
 STRING_CLAIMS = ("sub", "jti", "clinic_id", "sid")
 MAX_TOKEN_LENGTH = 4096
 CACHE_SIZE = 8192
+HEADER_CACHE_SIZE = 64
 
 Claims = dict[str, Any]
+
+_TO_STD = str.maketrans("-_", "+/")
+_TO_URL = bytes.maketrans(b"+/", b"-_")
 
 
 class TokenError(AtendeaiError):
@@ -45,6 +59,29 @@ def new_refresh_token() -> str:
 def refresh_token_hash(token: str) -> bytes:
     """Refresh tokens are stored only as SHA-256: high-entropy, so no salt or slow hash needed."""
     return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _b64encode(data: bytes) -> bytes:
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URL).rstrip(b"=")
+
+
+def _b64decode(segment: str) -> bytes:
+    """Strict unpadded base64url (RFC 7515): anything else is an error, never skipped, so a
+    token has one spelling."""
+    if "=" in segment:
+        raise ValueError("padded base64url")
+    return binascii.a2b_base64(
+        segment.translate(_TO_STD) + "=" * (-len(segment) % 4), strict_mode=True
+    )
+
+
+def _header_segment(kid: str) -> str:
+    """The header every token of `kid` carries (the bytes PyJWT wrote for the same header)."""
+    header = {"alg": "EdDSA", "kid": kid, "typ": "JWT"}
+    return _b64encode(json.dumps(header, separators=(",", ":"), sort_keys=True).encode()).decode()
+
+
+_segments: dict[str, str] = {}
 
 
 def issue_access_token(
@@ -70,7 +107,17 @@ def issue_access_token(
         "exp": now + (settings.access_ttl_s if ttl_s is None else ttl_s),
     }
     kid, key = ring.signing_key()
-    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid}), claims
+    header = _segments.get(kid)
+    if header is None:
+        header = _segments[kid] = _header_segment(kid)
+    payload = json.dumps(claims, separators=(",", ":")).encode()
+    signing_input = b"%s.%s" % (header.encode(), _b64encode(payload))
+    token = b"%s.%s" % (signing_input, _b64encode(key.sign(signing_input)))
+    return token.decode(), claims
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 class Verifier:
@@ -79,66 +126,111 @@ class Verifier:
     def __init__(self, ring: KeyRing, settings: AuthSettings) -> None:
         self.ring = ring
         self.settings = settings
-        self._cache: dict[str, Claims] = {}
-        self._generation = ring.generation
+        self._cache: dict[str, tuple[Claims, bytes]] = {}
+        self._headers: dict[str, Ed25519PublicKey] = {}
+        self._generation = -1
+        self._sync()
+
+    def _sync(self) -> None:
+        """Forget what the previous key ring vouched for; pin our own tokens' header bytes."""
+        self._generation = self.ring.generation
+        self._cache.clear()
+        self._headers = {_header_segment(kid): key for kid, key in self.ring.public.items()}
 
     def verify(self, token: str) -> Claims:
         """The claims of a valid, unexpired token, or TokenError with the reason."""
+        return self.verify_with_payload(token)[0]
+
+    def verify_with_payload(self, token: str) -> tuple[Claims, bytes]:
+        """`verify`, plus the claims as the JSON the token carries (signed, so it can be sent
+        as they are: /auth/verify answers with these bytes instead of encoding them again)."""
         if self._generation != self.ring.generation:
-            self._cache.clear()
-            self._generation = self.ring.generation
-        claims = self._cache.get(token)
-        if claims is not None:
-            if claims["exp"] <= time.time():
+            self._sync()
+        entry = self._cache.get(token)
+        if entry is not None:
+            if entry[0]["exp"] <= time.time():
                 del self._cache[token]
                 raise TokenError("expired")
-            return claims
-        claims = self._decode(token)
+            return entry
+        entry = self._decode(token)
         if len(self._cache) >= CACHE_SIZE:
             self._cache.clear()
-        self._cache[token] = claims
-        return claims
+        self._cache[token] = entry
+        return entry
 
-    def _decode(self, token: str) -> Claims:
-        if not token or len(token) > MAX_TOKEN_LENGTH:
-            raise TokenError("malformed")
+    def _key(self, segment: str) -> Ed25519PublicKey:
+        """The public key a header segment names: pinned bytes, or a parse held to EdDSA."""
+        key = self._headers.get(segment)
+        if key is not None:
+            return key
         try:
-            header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, ValueError, RecursionError):
+            header = json.loads(_b64decode(segment))
+        except (ValueError, RecursionError):
             # RecursionError: a header of a few thousand nested brackets; json.loads recurses.
             raise TokenError("malformed") from None
+        if not isinstance(header, dict):
+            raise TokenError("malformed")
         if header.get("alg") not in ALGORITHMS:
             raise TokenError("algorithm_not_allowed")
+        if "crit" in header or "b64" in header:
+            raise TokenError("malformed")  # extensions we do not implement (RFC 7515 4.1.11)
         kid = header.get("kid")
-        key = self.ring.public_key(kid) if isinstance(kid, str) else None
-        if key is None:
+        found = self.ring.public_key(kid) if isinstance(kid, str) else None
+        if found is None:
             raise TokenError("unknown_kid")
+        if self._generation != self.ring.generation:
+            self._sync()  # the lookup reloaded the ring (a kid seen for the first time)
+        if len(self._headers) < HEADER_CACHE_SIZE:
+            self._headers[segment] = found
+        return found
+
+    def _decode(self, token: str) -> tuple[Claims, bytes]:
+        if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+            raise TokenError("malformed")
+        header, payload, signature = token.split(".")
+        key = self._key(header)
         try:
-            claims: Claims = jwt.decode(
-                token,
-                key,
-                algorithms=ALGORITHMS,
-                audience=self.settings.audience,
-                issuer=self.settings.issuer,
-                options={"require": REQUIRED_CLAIMS, "verify_signature": True},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("expired") from None
-        except jwt.InvalidSignatureError:
-            raise TokenError("bad_signature") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise TokenError(f"missing_claim:{exc.claim}") from None
-        except jwt.InvalidAudienceError:
-            raise TokenError("wrong_audience") from None
-        except jwt.InvalidIssuerError:
-            raise TokenError("wrong_issuer") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenError("not_yet_valid") from None
-        except jwt.PyJWTError:
+            body = _b64decode(payload)
+            raw_signature = _b64decode(signature)
+        except ValueError:
             raise TokenError("malformed") from None
+        try:
+            key.verify(raw_signature, token[: len(header) + len(payload) + 1].encode("ascii"))
+        except InvalidSignature:
+            raise TokenError("bad_signature") from None
+        try:
+            claims = json.loads(body)
+        except (ValueError, RecursionError):
+            raise TokenError("malformed") from None
+        if not isinstance(claims, dict):
+            raise TokenError("malformed")
+        return self._checked(claims), body
+
+    def _checked(self, claims: Claims) -> Claims:
+        """The registered claims, checked in the order (and with the reasons) PyJWT used."""
+        for name in REQUIRED_CLAIMS:
+            if claims.get(name) is None:
+                raise TokenError(f"missing_claim:{name}")
+        exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf")
+        if not _number(exp) or not _number(iat) or not (nbf is None or _number(nbf)):
+            raise TokenError("malformed")
+        now = time.time()
+        if iat > now or (nbf is not None and nbf > now):
+            raise TokenError("not_yet_valid")
+        if exp <= now:
+            raise TokenError("expired")
+        iss = claims["iss"]
+        if not isinstance(iss, str) or iss != self.settings.issuer:
+            raise TokenError("wrong_issuer")
+        aud = claims["aud"]
+        audiences = [aud] if isinstance(aud, str) else aud
+        if (
+            not isinstance(audiences, list)
+            or not all(isinstance(a, str) for a in audiences)
+            or self.settings.audience not in audiences
+        ):
+            raise TokenError("wrong_audience")
         for name in STRING_CLAIMS:
             if not isinstance(claims.get(name), str):
                 raise TokenError(f"missing_claim:{name}")
-        if not isinstance(claims["exp"], int | float) or not isinstance(claims["iat"], int | float):
-            raise TokenError("malformed")
         return claims
