@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 
 from atendeai_ctl.auth import clinics, users
+from atendeai_ctl.auth._server import HTTP_PROTOCOL
 from atendeai_ctl.auth.http import AuthApp
 from atendeai_ctl.auth.keys import KeyRing, ensure_signing_key
 from atendeai_ctl.auth.log import JsonLog
@@ -121,7 +122,7 @@ def live_server(
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=HTTP_PROTOCOL,  # as `atendeai auth serve` runs it
         lifespan="on",
         log_level="warning",
         access_log=False,

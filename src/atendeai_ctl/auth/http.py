@@ -1,10 +1,11 @@
 """The HTTP face of the auth library: a thin ASGI app for uvicorn.
 
 Shape: a small raw-ASGI front (`AuthApp`) handles request ids, metrics and access logs for
-every request, and answers the two hot routes itself - GET /auth/verify and GET
-/health/live - without building Request objects or walking a router. Everything else goes to
-a Starlette router. Blocking work (bcrypt, psycopg) runs in worker threads behind capacity
-limiters, so a burst of logins never stalls verification on the event loop.
+every request, and answers the hot routes itself - GET /auth/verify, POST /auth/refresh,
+GET /health/live and GET /health/ready - without building Request objects or walking a
+router: each returns (status, body, pre-encoded headers) and the front sends it. Everything
+else goes to a Starlette router. Blocking work (bcrypt, sync psycopg) runs in worker threads
+behind capacity limiters, so a burst of logins never stalls verification on the event loop.
 Per-worker state and the shared request steps live in service.py.
 
 Hostile input is stopped here, before PostgreSQL or Redis sees it (docs/security.md): bodies
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import re
+import secrets
 import time
 import traceback
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +37,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from atendeai_ctl.auth import identity, sessions
-from atendeai_ctl.auth._db import set_tenant
+from atendeai_ctl.auth._db import run_simple, set_tenant
 from atendeai_ctl.auth.log import REQUEST_ID
 from atendeai_ctl.auth.openapi import DOCUMENT
 from atendeai_ctl.auth.refresh import RefreshRefused, refresh_async
@@ -72,6 +74,13 @@ KNOWN_ROUTES = frozenset(
     }
 )
 LIVE_BODY = b'{"status":"ok"}'
+JSON_TYPE = (b"content-type", b"application/json")
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+"""A hot route's answer: status, body, headers (content-length and x-request-id are added)."""
+LIVE_ANSWER: Answer = (200, LIVE_BODY, [JSON_TYPE])
+READY_BODY = LIVE_BODY
+REFRESH_HEADERS = [JSON_TYPE, (b"cache-control", b"no-store")]
+REVOKED = ApiError(401, "invalid_token", "invalid or expired token", UNAUTHORIZED)
 
 
 def _json_body_error() -> ApiError:
@@ -316,27 +325,36 @@ async def jwks(request: Request) -> Response:
     )
 
 
-async def ready(request: Request) -> Response:
-    service = _service(request)
-    down = []
+async def readiness(service: Service) -> Answer:
+    """PostgreSQL (a SELECT 1 on the async pool) and Redis (PING), asked at once, on the
+    event loop: no thread hop, so readiness answers as fast as the routes it vouches for."""
 
-    def ping_db() -> None:
-        assert service.pool is not None
-        with service.pool.connection(timeout=2) as conn:
-            conn.execute("SELECT 1")
+    async def database() -> None:
+        assert service.apool is not None
+        async with service.apool.connection(timeout=2) as conn:
+            await run_simple(conn, "SELECT 1")
 
-    try:
-        await asyncio.wait_for(service.in_thread(ping_db), 3)
-    except Exception:
-        down.append("postgresql")
-    try:
+    async def cache() -> None:
         assert service.fast_redis is not None
-        await asyncio.wait_for(service.fast_redis.call("PING"), 2)
-    except Exception:
-        down.append("redis")
+        await service.fast_redis.call("PING")
+
+    outcomes = await asyncio.gather(
+        asyncio.wait_for(database(), 3), asyncio.wait_for(cache(), 2), return_exceptions=True
+    )
+    down = [
+        name
+        for name, outcome in zip(("postgresql", "redis"), outcomes, strict=True)
+        if isinstance(outcome, Exception)
+    ]
     if down:
-        return JSONResponse({"status": "unavailable", "down": down}, 503)
-    return JSONResponse({"status": "ok"})
+        return 503, _compact({"status": "unavailable", "down": down}), [JSON_TYPE]
+    return 200, READY_BODY, [JSON_TYPE]
+
+
+async def ready(request: Request) -> Response:
+    """The router's copy of GET /health/ready (the raw front answers GET; HEAD lands here)."""
+    status, body, headers = await readiness(_service(request))
+    return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
 
 
 async def metrics(request: Request) -> Response:
@@ -396,11 +414,19 @@ def _router(service: Service) -> Starlette:
 
 
 class AuthApp:
-    """The ASGI entry point: lifespan, request id, metrics, access log, hot-path routes."""
+    """The ASGI entry point: lifespan, request id, metrics, access log, hot-path routes.
+
+    The hot routes (verify, refresh, live, ready) return (status, body, headers) and are
+    answered here with pre-encoded headers; everything else goes through the Starlette router.
+    """
 
     def __init__(self, service: Service) -> None:
         self.service = service
         self.router = _router(service)
+        # Generated request ids: a random per-process prefix and a counter (32 hex digits,
+        # unique across workers and restarts) - no urandom syscall per request.
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -410,13 +436,14 @@ class AuthApp:
             return
         started = time.perf_counter()
         path: str = scope["path"]
+        method: str = scope["method"]
         request_id = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 request_id = candidate if REQUEST_ID_FORMAT.match(candidate) else ""
                 break
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or f"{self._id_prefix}{next(self._ids):016x}"
         REQUEST_ID.set(request_id)
         rid_header = (b"x-request-id", request_id.encode())
         status = 500
@@ -431,14 +458,32 @@ class AuthApp:
             await send(message)
 
         try:
-            if path == "/auth/verify" and scope["method"] == "GET":
-                await self._verify(scope, send_with_id)
+            answer: Answer | None = None
+            if path == "/auth/verify" and method == "GET":
+                answer = await self._verify(scope)
             elif path == "/auth/refresh":
-                await self._refresh(scope, receive, send_with_id)
-            elif path == "/health/live" and scope["method"] == "GET":
-                await _send(send_with_id, 200, LIVE_BODY)
+                answer = await self._refresh(scope, receive)
+            elif path == "/health/live" and method == "GET":
+                answer = LIVE_ANSWER
+            elif path == "/health/ready" and method == "GET":
+                answer = await readiness(self.service)
             else:
                 await self.router(scope, receive, send_with_id)
+            if answer is not None:
+                status, body, headers = answer
+                responded = True
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [
+                            *headers,
+                            (b"content-length", b"%d" % len(body)),
+                            rid_header,
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
         except Exception as exc:
             # Logged once, here; answered once: Starlette may already have sent its 500, and
             # a second response start would make uvicorn drop the keep-alive connection.
@@ -450,55 +495,46 @@ class AuthApp:
                 where=f"{frame.filename}:{frame.lineno}",
             )
             if not responded:
+                status = 500
                 await _send(send_with_id, 500, INTERNAL_ERROR)
         finally:
             elapsed = time.perf_counter() - started
             route = path if path in KNOWN_ROUTES else "other"
             self.service.metrics.observe(route, status, elapsed)
             if self.service.log.access:
-                self.service.log.info(
-                    "request",
-                    method=scope["method"],
-                    route=route,
-                    status=status,
-                    ms=round(elapsed * 1000, 2),
+                self.service.log.request_line(
+                    request_id, method, route, status, round(elapsed * 1000, 2)
                 )
 
-    async def _verify(self, scope: Scope, send: Send) -> None:
+    async def _verify(self, scope: Scope) -> Answer:
         service = self.service
         ip = service.client_ip(scope)
-        claims: Claims | None = None
+        found: tuple[Claims, bytes] | None = None
         refused: ApiError | None = None
         try:
-            claims = service.bearer_claims(scope)
+            found = service.bearer(scope)
         except ApiError as exc:
             refused = exc
         try:
-            decision = await service.gate(ip, claims)
+            decision = await service.gate(ip, found[0] if found is not None else None)
         except ApiError as exc:
-            await _send_error(send, exc)
-            return
-        if claims is None:
+            return _error(exc)
+        if found is None:
             assert refused is not None
-            await _send_error(send, refused, decision.headers())
-            return
+            return _error(refused, decision.raw_headers())
         if decision.revoked:
-            revoked = ApiError(401, "invalid_token", "invalid or expired token", UNAUTHORIZED)
-            await _send_error(send, revoked, decision.headers())
-            return
-        await _send(send, 200, _compact(claims), decision.headers())
+            return _error(REVOKED, decision.raw_headers())
+        return 200, found[1], [JSON_TYPE, *decision.raw_headers()]
 
-    async def _refresh(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refresh(self, scope: Scope, receive: Receive) -> Answer:
         if scope["method"] != "POST":
             error = ApiError(405, "method_not_allowed", "Method Not Allowed", {"Allow": "POST"})
-            await _send_error(send, error)
-            return
+            return _error(error)
         try:
             body = await refresh(self.service, scope, receive)
         except ApiError as exc:
-            await _send_error(send, exc)
-            return
-        await _send(send, 200, body, {"Cache-Control": "no-store"})
+            return _error(exc)
+        return 200, body, REFRESH_HEADERS
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -526,9 +562,10 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, exc: ApiError, headers: Mapping[str, str] | None = None) -> None:
+def _error(exc: ApiError, headers: list[tuple[bytes, bytes]] | None = None) -> Answer:
     body = _compact({"error": exc.code, "message": exc.message})
-    await _send(send, exc.status, body, {**(headers or {}), **exc.headers})
+    raw = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    return exc.status, body, [JSON_TYPE, *(headers or ()), *raw]
 
 
 def create_app(service: Service | None = None) -> AuthApp:

@@ -35,6 +35,20 @@ class JsonLog:
         line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
         (self.stream or sys.stdout).write(line)
 
+    def request_line(
+        self, request_id: str, method: str, route: str, status: int, ms: float
+    ) -> None:
+        """The per-request line, written without json.dumps: every field is already safe JSON
+        (a validated request id, an HTTP method token, a known route name, numbers), and
+        this runs once per request."""
+        if self.threshold > 20:
+            return
+        rid = f'"request_id":"{request_id}",' if request_id else ""
+        (self.stream or sys.stdout).write(
+            f'{{"ts":{round(time.time(), 3)},"level":"info","event":"request",{rid}'
+            f'"method":"{method}","route":"{route}","status":{status},"ms":{ms}}}\n'
+        )
+
     def info(self, event: str, **fields: Any) -> None:
         self.emit("info", event, **fields)
 

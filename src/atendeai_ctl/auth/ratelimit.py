@@ -106,6 +106,19 @@ class Decision:
             headers["Retry-After"] = str(max(1, self.reset_s))
         return headers
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as ASGI wants them, built without a dict (once per /auth/* request)."""
+        if self.limit <= 0:
+            return []
+        headers = [
+            (b"ratelimit-limit", b"%d" % self.limit),
+            (b"ratelimit-remaining", b"%d" % self.remaining),
+            (b"ratelimit-reset", b"%d" % self.reset_s),
+        ]
+        if not self.allowed:
+            headers.append((b"retry-after", b"%d" % max(1, self.reset_s)))
+        return headers
+
 
 def account_key(clinic: str, email: str) -> str:
     """Hashed, so Redis never holds email addresses.

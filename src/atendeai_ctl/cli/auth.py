@@ -67,6 +67,7 @@ def serve(
     """Serve the auth HTTP API (uvicorn with uvloop and httptools)."""
     import uvicorn
 
+    from atendeai_ctl.auth._server import HTTP_PROTOCOL
     from atendeai_ctl.auth.service import Service
 
     os.environ.update(service_environment(dict(os.environ)))
@@ -78,7 +79,7 @@ def serve(
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=HTTP_PROTOCOL,  # httptools, one write per response
         lifespan="on",
         access_log=False,
         log_level="warning",
