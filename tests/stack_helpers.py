@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
-import itertools
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -4,7 +4,7 @@ Layout under ``ATENDEAI_STATE_DIR`` (default: the per-user data dir)::
 
     <root>/<project>/secrets.env   generated passwords, 0600, never printed
     <root>/<project>/jwt/          signing keys (auth service)
-    <root>/<project>/backups/      pg_dump files with their manifests (db backup, and before a rollback)
+    <root>/<project>/backups/      dumps and their manifests (db backup; before a rollback)
     <root>/<project>/local/        the embedded runtime's data, logs and pid files
     <root>/<project>/lock          held (flock) by the command changing the project now
 """
