@@ -35,6 +35,33 @@ PASSWORD = "correct horse battery"
 FAST = AuthSettings(bcrypt_cost=10)
 
 
+def token_claims(**changes: Any) -> dict[str, Any]:
+    """A valid access token's claims for FAST, with `changes` (None drops a claim)."""
+    now = int(time.time())
+    claims = {
+        "iss": FAST.issuer,
+        "aud": FAST.audience,
+        "sub": "u-1",
+        "clinic_id": "c-1",
+        "sid": "s-1",
+        "jti": "j-1",
+        "iat": now,
+        "exp": now + 600,
+    }
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def refusal_reason(verifier: Any, token: str) -> str:
+    """Why `verifier` refuses `token` (it must refuse it, as unauthorized)."""
+    from atendeai_ctl.auth.tokens import TokenError
+
+    with pytest.raises(TokenError) as err:
+        verifier.verify(token)
+    assert err.value.code == "unauthorized"
+    return err.value.reason
+
+
 @dataclass
 class AuthDb:
     admin_url: str

@@ -13,41 +13,18 @@ from typing import Any
 import httpx
 import jwt
 import psycopg
-import pytest
 
 from atendeai_ctl.auth._server import CoalescingTransport
 from atendeai_ctl.auth.keys import KeyRing, ensure_signing_key
 from atendeai_ctl.auth.ratelimit import Decision
 from atendeai_ctl.auth.refresh import _inet
-from atendeai_ctl.auth.tokens import TokenError, Verifier, issue_access_token
-from tests.auth_helpers import FAST, LiveServer
+from atendeai_ctl.auth.tokens import Verifier, issue_access_token
+from tests.auth_helpers import FAST, LiveServer, refusal_reason, token_claims
 
 
 def _ring(tmp_path: Path) -> KeyRing:
     ensure_signing_key(tmp_path / "jwt")
     return KeyRing(directory=tmp_path / "jwt")
-
-
-def _claims(**changes: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims = {
-        "iss": FAST.issuer,
-        "aud": FAST.audience,
-        "sub": "u-1",
-        "clinic_id": "c-1",
-        "sid": "s-1",
-        "jti": "j-1",
-        "iat": now,
-        "exp": now + 600,
-    }
-    claims.update(changes)
-    return {k: v for k, v in claims.items() if v is not None}
-
-
-def _reason(verifier: Verifier, token: str) -> str:
-    with pytest.raises(TokenError) as err:
-        verifier.verify(token)
-    return err.value.reason
 
 
 def _b64(data: bytes) -> str:
@@ -60,7 +37,7 @@ def test_our_tokens_carry_the_header_pyjwt_would_write(tmp_path: Path) -> None:
     ring = _ring(tmp_path)
     kid, key = ring.signing_key()
     ours = issue_access_token(ring, FAST, user_id="u", clinic_id="c", session_id="s", role="r")
-    theirs = jwt.encode(_claims(), key, algorithm="EdDSA", headers={"kid": kid})
+    theirs = jwt.encode(token_claims(), key, algorithm="EdDSA", headers={"kid": kid})
     assert ours[0].split(".")[0] == theirs.split(".")[0]
     assert jwt.decode(
         ours[0], ring.public[kid], algorithms=["EdDSA"], audience=FAST.audience
@@ -82,14 +59,16 @@ def test_a_header_in_another_spelling_is_parsed_and_still_pinned(tmp_path: Path)
     ring = _ring(tmp_path)
     kid, key = ring.signing_key()
     verifier = Verifier(ring, FAST)
-    other = jwt.encode(_claims(), key, algorithm="EdDSA", headers={"kid": kid, "typ": "at+jwt"})
+    other = jwt.encode(
+        token_claims(), key, algorithm="EdDSA", headers={"kid": kid, "typ": "at+jwt"}
+    )
     assert verifier.verify(other)["sub"] == "u-1"
     # the same header segment with a forged payload still needs the signature
     header, _, signature = other.split(".")
-    forged = _b64(json.dumps(_claims(sub="admin")).encode())
-    assert _reason(verifier, f"{header}.{forged}.{signature}") == "bad_signature"
-    crit = jwt.encode(_claims(), key, algorithm="EdDSA", headers={"kid": kid, "crit": ["exp"]})
-    assert _reason(verifier, crit) == "malformed"
+    forged = _b64(json.dumps(token_claims(sub="admin")).encode())
+    assert refusal_reason(verifier, f"{header}.{forged}.{signature}") == "bad_signature"
+    crit = jwt.encode(token_claims(), key, algorithm="EdDSA", headers={"kid": kid, "crit": ["exp"]})
+    assert refusal_reason(verifier, crit) == "malformed"
 
 
 def test_base64url_is_decoded_strictly(tmp_path: Path) -> None:
@@ -104,7 +83,7 @@ def test_base64url_is_decoded_strictly(tmp_path: Path) -> None:
         f"{header}.{payload[:5]}*{payload[5:]}.{signature}",
         f"{header}.{payload}.{signature}=",
     ):
-        assert _reason(verifier, bad) == "malformed"
+        assert refusal_reason(verifier, bad) == "malformed"
     assert verifier.verify(token)["sub"] == "u"
 
 
@@ -116,18 +95,18 @@ def test_registered_claims_are_checked_as_before(tmp_path: Path) -> None:
     def sign(**changes: Any) -> str:
         """Signed by hand: PyJWT refuses to encode some of these claims."""
         header = _b64(json.dumps({"alg": "EdDSA", "kid": kid, "typ": "JWT"}).encode())
-        signing_input = f"{header}.{_b64(json.dumps(_claims(**changes)).encode())}"
+        signing_input = f"{header}.{_b64(json.dumps(token_claims(**changes)).encode())}"
         return f"{signing_input}.{_b64(key.sign(signing_input.encode()))}"
 
     now = int(time.time())
-    assert _reason(verifier, sign(nbf=now + 60)) == "not_yet_valid"
-    assert _reason(verifier, sign(iat=now + 60)) == "not_yet_valid"
-    assert _reason(verifier, sign(exp="soon")) == "malformed"
-    assert _reason(verifier, sign(exp=True)) == "malformed"
-    assert _reason(verifier, sign(aud=["other", "another"])) == "wrong_audience"
-    assert _reason(verifier, sign(aud=7)) == "wrong_audience"
-    assert _reason(verifier, sign(iss=["x"])) == "wrong_issuer"
-    assert _reason(verifier, sign(sid=5)) == "missing_claim:sid"
+    assert refusal_reason(verifier, sign(nbf=now + 60)) == "not_yet_valid"
+    assert refusal_reason(verifier, sign(iat=now + 60)) == "not_yet_valid"
+    assert refusal_reason(verifier, sign(exp="soon")) == "malformed"
+    assert refusal_reason(verifier, sign(exp=True)) == "malformed"
+    assert refusal_reason(verifier, sign(aud=["other", "another"])) == "wrong_audience"
+    assert refusal_reason(verifier, sign(aud=7)) == "wrong_audience"
+    assert refusal_reason(verifier, sign(iss=["x"])) == "wrong_issuer"
+    assert refusal_reason(verifier, sign(sid=5)) == "missing_claim:sid"
     assert verifier.verify(sign(aud=["other", FAST.audience], nbf=now - 1))["sub"] == "u-1"
 
 

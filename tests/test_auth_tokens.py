@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from atendeai_ctl.auth import keys
 from atendeai_ctl.auth.keys import KeyRing, ensure_signing_key, prune_keys, rotate_key
-from atendeai_ctl.auth.tokens import REQUIRED_CLAIMS, TokenError, Verifier, issue_access_token
-from tests.auth_helpers import FAST
+from atendeai_ctl.auth.tokens import REQUIRED_CLAIMS, Verifier, issue_access_token
+from tests.auth_helpers import FAST, refusal_reason, token_claims
 
 
 def _ring(tmp_path: Path) -> KeyRing:
@@ -33,29 +33,6 @@ def _token(ring: KeyRing, **overrides: Any) -> str:
     return issue_access_token(
         ring, FAST, user_id="u-1", clinic_id="c-1", session_id="s-1", role="staff", **overrides
     )[0]
-
-
-def _claims(**changes: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims = {
-        "iss": FAST.issuer,
-        "aud": FAST.audience,
-        "sub": "u-1",
-        "clinic_id": "c-1",
-        "sid": "s-1",
-        "jti": "j-1",
-        "iat": now,
-        "exp": now + 600,
-    }
-    claims.update(changes)
-    return {k: v for k, v in claims.items() if v is not None}
-
-
-def _refused(verifier: Verifier, token: str) -> str:
-    with pytest.raises(TokenError) as err:
-        verifier.verify(token)
-    assert err.value.code == "unauthorized"
-    return err.value.reason
 
 
 def _b64(data: bytes) -> str:
@@ -83,8 +60,8 @@ def test_a_valid_token_verifies_with_every_required_claim(tmp_path: Path) -> Non
 def test_alg_none_is_refused(tmp_path: Path) -> None:
     ring = _ring(tmp_path)
     header = _b64(json.dumps({"alg": "none", "kid": ring.signing_kid}).encode())
-    token = f"{header}.{_b64(json.dumps(_claims()).encode())}."
-    assert _refused(Verifier(ring, FAST), token) == "algorithm_not_allowed"
+    token = f"{header}.{_b64(json.dumps(token_claims()).encode())}."
+    assert refusal_reason(Verifier(ring, FAST), token) == "algorithm_not_allowed"
 
 
 def test_hs256_signed_with_the_public_key_is_refused(tmp_path: Path) -> None:
@@ -94,36 +71,43 @@ def test_hs256_signed_with_the_public_key_is_refused(tmp_path: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": ring.signing_kid}).encode())
-    body = _b64(json.dumps(_claims()).encode())
+    body = _b64(json.dumps(token_claims()).encode())
     sig = hmac.new(public, f"{header}.{body}".encode(), hashlib.sha256).digest()
-    assert _refused(Verifier(ring, FAST), f"{header}.{body}.{_b64(sig)}") == "algorithm_not_allowed"
+    assert (
+        refusal_reason(Verifier(ring, FAST), f"{header}.{body}.{_b64(sig)}")
+        == "algorithm_not_allowed"
+    )
 
 
 def test_rs256_and_es256_tokens_are_refused(tmp_path: Path) -> None:
     ring = _ring(tmp_path)
     verifier = Verifier(ring, FAST)
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    token = jwt.encode(_claims(), rsa_key, algorithm="RS256", headers={"kid": ring.signing_kid})
-    assert _refused(verifier, token) == "algorithm_not_allowed"
+    token = jwt.encode(
+        token_claims(), rsa_key, algorithm="RS256", headers={"kid": ring.signing_kid}
+    )
+    assert refusal_reason(verifier, token) == "algorithm_not_allowed"
     ec_key = ec.generate_private_key(ec.SECP256R1())
-    token = jwt.encode(_claims(), ec_key, algorithm="ES256", headers={"kid": ring.signing_kid})
-    assert _refused(verifier, token) == "algorithm_not_allowed"
+    token = jwt.encode(token_claims(), ec_key, algorithm="ES256", headers={"kid": ring.signing_kid})
+    assert refusal_reason(verifier, token) == "algorithm_not_allowed"
 
 
 def test_a_foreign_kid_is_refused(tmp_path: Path) -> None:
     ring = _ring(tmp_path)
     foreign = Ed25519PrivateKey.generate()
-    token = jwt.encode(_claims(), foreign, algorithm="EdDSA", headers={"kid": "someone-else"})
-    assert _refused(Verifier(ring, FAST), token) == "unknown_kid"
-    no_kid = jwt.encode(_claims(), foreign, algorithm="EdDSA")
-    assert _refused(Verifier(ring, FAST), no_kid) == "unknown_kid"
+    token = jwt.encode(token_claims(), foreign, algorithm="EdDSA", headers={"kid": "someone-else"})
+    assert refusal_reason(Verifier(ring, FAST), token) == "unknown_kid"
+    no_kid = jwt.encode(token_claims(), foreign, algorithm="EdDSA")
+    assert refusal_reason(Verifier(ring, FAST), no_kid) == "unknown_kid"
 
 
 def test_a_foreign_key_claiming_our_kid_is_refused(tmp_path: Path) -> None:
     ring = _ring(tmp_path)
     foreign = Ed25519PrivateKey.generate()
-    token = jwt.encode(_claims(), foreign, algorithm="EdDSA", headers={"kid": ring.signing_kid})
-    assert _refused(Verifier(ring, FAST), token) == "bad_signature"
+    token = jwt.encode(
+        token_claims(), foreign, algorithm="EdDSA", headers={"kid": ring.signing_kid}
+    )
+    assert refusal_reason(Verifier(ring, FAST), token) == "bad_signature"
 
 
 def test_a_tampered_payload_is_refused_even_after_the_original_was_cached(tmp_path: Path) -> None:
@@ -132,27 +116,27 @@ def test_a_tampered_payload_is_refused_even_after_the_original_was_cached(tmp_pa
     token = _token(ring)
     verifier.verify(token)
     header, _, signature = token.split(".")
-    forged = _b64(json.dumps(_claims(sub="admin-user", role="owner")).encode())
-    assert _refused(verifier, f"{header}.{forged}.{signature}") == "bad_signature"
+    forged = _b64(json.dumps(token_claims(sub="admin-user", role="owner")).encode())
+    assert refusal_reason(verifier, f"{header}.{forged}.{signature}") == "bad_signature"
 
 
 def test_an_expired_token_is_refused_also_from_the_cache(tmp_path: Path) -> None:
     ring = _ring(tmp_path)
     verifier = Verifier(ring, FAST)
     expired = _token(ring, ttl_s=-1)
-    assert _refused(verifier, expired) == "expired"
+    assert refusal_reason(verifier, expired) == "expired"
     short = _token(ring, ttl_s=1)
     verifier.verify(short)
     time.sleep(1.1)
-    assert _refused(verifier, short) == "expired"
+    assert refusal_reason(verifier, short) == "expired"
 
 
 @pytest.mark.parametrize("claim", ["exp", "iat", "sub", "jti", "aud", "iss", "clinic_id", "sid"])
 def test_each_required_claim_is_required(tmp_path: Path, claim: str) -> None:
     ring = _ring(tmp_path)
     kid, key = ring.signing_key()
-    token = jwt.encode(_claims(**{claim: None}), key, algorithm="EdDSA", headers={"kid": kid})
-    assert _refused(Verifier(ring, FAST), token).startswith("missing_claim")
+    token = jwt.encode(token_claims(**{claim: None}), key, algorithm="EdDSA", headers={"kid": kid})
+    assert refusal_reason(Verifier(ring, FAST), token).startswith("missing_claim")
 
 
 def test_wrong_audience_or_issuer_is_refused(tmp_path: Path) -> None:
@@ -163,14 +147,14 @@ def test_wrong_audience_or_issuer_is_refused(tmp_path: Path) -> None:
         ({"aud": "other-api"}, "wrong_audience"),
         ({"iss": "evil"}, "wrong_issuer"),
     ):
-        token = jwt.encode(_claims(**changes), key, algorithm="EdDSA", headers={"kid": kid})
-        assert _refused(verifier, token) == reason
+        token = jwt.encode(token_claims(**changes), key, algorithm="EdDSA", headers={"kid": kid})
+        assert refusal_reason(verifier, token) == reason
 
 
 def test_garbage_is_refused(tmp_path: Path) -> None:
     verifier = Verifier(_ring(tmp_path), FAST)
     for token in ("", "abc", "a.b.c", "x" * 5000):
-        assert _refused(verifier, token) == "malformed"
+        assert refusal_reason(verifier, token) == "malformed"
 
 
 def test_rotation_keeps_old_public_keys_and_is_picked_up_without_restart(tmp_path: Path) -> None:
