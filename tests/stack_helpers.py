@@ -138,6 +138,19 @@ def new_project(tmp_path: Path, *, prefix: str = "t", images: bool = True, **ext
     return Project(name, tmp_path / "state", env)
 
 
+def secrets(project: Project) -> dict[str, str]:
+    """The project's generated secrets, as `up` wrote them to its state dir."""
+    text = (project.state_dir / project.name / "secrets.env").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def admin_url(project: Project) -> str:
+    """The stack's PostgreSQL as its owner, on the published port."""
+    password = secrets(project)["ATENDEAI_POSTGRES_PASSWORD"]
+    port = project.env["ATENDEAI_POSTGRES_PORT"]
+    return f"postgresql://atendeai:{password}@127.0.0.1:{port}/atendeai"
+
+
 def project_resources(name: str) -> dict[str, list[str]]:
     """Everything on the engine that carries the project's label."""
     import docker

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.servers import free_port
-from tests.stack_helpers import Project, new_project, project_resources, remove_project
+from tests.stack_helpers import Project, admin_url, new_project, project_resources, remove_project
 
 pytestmark = pytest.mark.docker
 
@@ -67,15 +67,6 @@ def _login(http: httpx.Client, email: str = "ana@alpha.test", **headers: str) ->
 
 def _logs(project: Project, service: str) -> list[str]:
     return project.run("logs", service).stdout.splitlines()
-
-
-def _admin_url(project: Project) -> str:
-    secrets = (project.state_dir / project.name / "secrets.env").read_text()
-    password = next(
-        line.split("=", 1)[1] for line in secrets.splitlines()
-        if line.startswith("ATENDEAI_POSTGRES_PASSWORD=")
-    )  # fmt: skip
-    return f"postgresql://atendeai:{password}@127.0.0.1:{project.env['ATENDEAI_POSTGRES_PORT']}/atendeai"
 
 
 def _gateway_address(project: Project) -> str:
@@ -155,7 +146,7 @@ def test_forged_forwarded_for_spray_is_limited_per_real_client(edge: Project) ->
             codes.append(done.status_code)
     assert 429 in codes, codes
     assert codes.index(429) <= 51
-    with psycopg.connect(_admin_url(edge)) as conn:
+    with psycopg.connect(admin_url(edge)) as conn:
         ips = {row[0] for row in conn.execute(
             "SELECT host(ip) FROM atendeai.audit_log WHERE action = 'login'"
         )}  # fmt: skip

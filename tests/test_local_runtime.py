@@ -28,7 +28,7 @@ from atendeai_ctl.stack import processes
 from atendeai_ctl.stack.ports import port_is_free
 from tests.secret_helpers import leaked, mask, project_secrets
 from tests.servers import free_port
-from tests.stack_helpers import Project, new_project
+from tests.stack_helpers import Project, admin_url, new_project, secrets
 
 NO_ENGINE = "unix:///nonexistent.sock"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -85,17 +85,6 @@ def descendants(pid: int) -> set[int]:
         found.update(children)
         frontier.extend(children)
     return {p for p in found if running(p)}
-
-
-def secrets(project: Project) -> dict[str, str]:
-    text = (project.state_dir / project.name / "secrets.env").read_text()
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-def admin_url(project: Project) -> str:
-    password = secrets(project)["ATENDEAI_POSTGRES_PASSWORD"]
-    port = project.env["ATENDEAI_POSTGRES_PORT"]
-    return f"postgresql://atendeai:{password}@127.0.0.1:{port}/atendeai"
 
 
 def status(project: Project) -> tuple[int, dict[str, dict[str, Any]]]:

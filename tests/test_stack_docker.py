@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.secret_helpers import PASSWORD_NAMES, leaked, mask, project_secrets
-from tests.stack_helpers import Project, new_project, project_resources, remove_project
+from tests.stack_helpers import Project, admin_url, new_project, project_resources, remove_project
 
 pytestmark = pytest.mark.docker
 
@@ -34,16 +34,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
 def _ids(project: Project) -> dict[str, str]:
     doc = project.json("status")
     return {s["name"]: s["id"] for s in doc["services"]}
-
-
-def _admin_url(project: Project) -> str:
-    secrets = (project.state_dir / project.name / "secrets.env").read_text()
-    password = next(
-        line.split("=", 1)[1] for line in secrets.splitlines()
-        if line.startswith("ATENDEAI_POSTGRES_PASSWORD=")
-    )  # fmt: skip
-    port = project.env["ATENDEAI_POSTGRES_PORT"]
-    return f"postgresql://atendeai:{password}@127.0.0.1:{port}/atendeai"
 
 
 def test_up_from_nothing_brings_every_service_to_healthy(stack: Project) -> None:
@@ -198,7 +188,7 @@ def test_removed_container_is_brought_back(stack: Project) -> None:
 
 
 def test_data_survives_down_and_up(stack: Project) -> None:
-    with psycopg.connect(_admin_url(stack), autocommit=True) as conn:
+    with psycopg.connect(admin_url(stack), autocommit=True) as conn:
         conn.execute("CREATE TABLE public.keepme (v text)")
         conn.execute("INSERT INTO public.keepme VALUES ('still here')")
     down = stack.run("down")
@@ -207,7 +197,7 @@ def test_data_survives_down_and_up(stack: Project) -> None:
     assert left["containers"] == [] and left["networks"] == [] and len(left["volumes"]) == 2
     assert stack.run("status").returncode == 3
     assert stack.run("up").returncode == 0
-    with psycopg.connect(_admin_url(stack)) as conn:
+    with psycopg.connect(admin_url(stack)) as conn:
         assert conn.execute("SELECT v FROM public.keepme").fetchall() == [("still here",)]
 
 
