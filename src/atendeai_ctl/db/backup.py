@@ -147,11 +147,12 @@ def default_backup_path(directory: Path, url: str, reason: str = "backup") -> Pa
     return directory / f"{conninfo(url).get('dbname', 'db')}-{stamp}-{reason}.dump"
 
 
-def dump(url: str, output: Path, *, snapshot: str | None = None) -> Path:
+def dump(url: str, output: Path, *, snapshot: str | None = None, major: int | None = None) -> Path:
     """Write a custom-format dump of the whole database to `output` (0600, atomic).
 
     With `snapshot` (from pg_export_snapshot() in a transaction the caller keeps open), the
-    dump sees exactly what that transaction sees: the manifest's row counts describe it.
+    dump sees exactly what that transaction sees: the manifest's row counts describe it. A
+    caller with a connection open passes the server's `major` version (saves asking again).
     """
     output = output.expanduser().resolve()
     if output.is_dir():
@@ -162,7 +163,7 @@ def dump(url: str, output: Path, *, snapshot: str | None = None) -> Path:
         raise AtendeaiError(
             "failed", f"cannot create {output.parent}: {exc.strerror or exc}", "nothing was changed"
         ) from None
-    tool = find_tool("pg_dump", server_major(url))
+    tool = find_tool("pg_dump", server_major(url) if major is None else major)
     partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
     os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     try:
@@ -177,15 +178,20 @@ def dump(url: str, output: Path, *, snapshot: str | None = None) -> Path:
     return output
 
 
+def _has_magic(path: Path) -> bool:
+    """Whether the file starts as a pg_dump custom-format file does (OSError passes up)."""
+    with path.open("rb") as fh:
+        return fh.read(len(DUMP_MAGIC)) == DUMP_MAGIC
+
+
 def _check_dump(dump_file: Path) -> None:
     try:
-        with dump_file.open("rb") as fh:
-            magic = fh.read(len(DUMP_MAGIC))
+        magic_ok = _has_magic(dump_file)
     except FileNotFoundError:
         raise AtendeaiError("not_found", f"{dump_file} does not exist") from None
     except OSError as exc:
         raise AtendeaiError("invalid", f"cannot read {dump_file}: {exc}") from exc
-    if magic != DUMP_MAGIC:
+    if not magic_ok:
         raise AtendeaiError(
             "invalid",
             f"{dump_file} is not a pg_dump custom-format file",
@@ -291,7 +297,7 @@ def take_backup(
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         facts = read_facts(conn)
-        dump(url, path, snapshot=str(row[0]))
+        dump(url, path, snapshot=str(row[0]), major=conn.info.server_version // 10000)
         conn.rollback()
     try:
         sha, size = sha256_of(path)
@@ -318,8 +324,7 @@ def _is_dump(path: Path) -> bool:
     if path.name.startswith(".") or path.name.endswith(SUFFIX) or not path.is_file():
         return False
     try:
-        with path.open("rb") as fh:
-            return fh.read(len(DUMP_MAGIC)) == DUMP_MAGIC
+        return _has_magic(path)
     except OSError:
         return False
 

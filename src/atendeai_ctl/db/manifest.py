@@ -13,7 +13,6 @@ read back from disk is outside input: anything malformed is one AtendeaiError("i
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atendeai_ctl.errors import AtendeaiError
+from atendeai_ctl.state import write_private
 
 if TYPE_CHECKING:
     import psycopg
@@ -124,21 +124,12 @@ def read_facts(conn: psycopg.Connection[Any]) -> Facts:
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Temp file + rename, 0600: a reader sees the old manifest or the new one, never half."""
-    text = json.dumps(manifest.to_dict(), indent=2) + "\n"
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(partial, path)
+        write_private(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
     except OSError as exc:
         raise AtendeaiError(
             "failed", f"cannot write {path}: {exc.strerror or exc}", "check the directory"
         ) from None
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def load_manifest(path: Path) -> Manifest:
