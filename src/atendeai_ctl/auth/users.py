@@ -140,9 +140,11 @@ def _update(
     detail: dict[str, Any],
     revoke: bool | Callable[[User], bool] = False,
     count_revoked: bool = True,
-) -> tuple[User, list[tuple[str, float]]]:
-    """`revoke`: end the user's sessions (a callable decides from the user as it was);
-    `count_revoked`: put how many in the audit row's detail."""
+    denylist: Denylist | None = None,
+) -> User:
+    """`revoke`: end the user's sessions (a callable decides from the user as it was), and
+    denylist them in Redis once the transaction is done; `count_revoked`: put how many in the
+    audit row's detail."""
     with conn.transaction():
         clinic_id = enter_clinic(conn, clinic)
         user = _get(conn, clinic, email)
@@ -164,7 +166,9 @@ def _update(
             else detail,
         )
     assert row is not None
-    return User(*row), denied
+    if denied and denylist is not None:
+        denylist.deny_sessions(denied)
+    return User(*row)
 
 
 def set_user_status(
@@ -173,7 +177,7 @@ def set_user_status(
     if status not in ("active", "disabled"):
         raise AtendeaiError("invalid", f"status must be 'active' or 'disabled', not {status!r}")
     disabling = status == "disabled"
-    user, denied = _update(
+    return _update(
         conn,
         clinic=clinic,
         email=email,
@@ -183,10 +187,8 @@ def set_user_status(
         params=(status,),
         detail={},
         revoke=disabling,
+        denylist=denylist,
     )
-    if denied and denylist is not None:
-        denylist.deny_sessions(denied)
-    return user
 
 
 def set_password(
@@ -202,7 +204,7 @@ def set_password(
 ) -> User:
     """New hash; by default every existing session ends (a reset usually means compromise)."""
     password_hash = passwords.hash_password(password, settings)
-    user, denied = _update(
+    return _update(
         conn,
         clinic=clinic,
         email=email,
@@ -212,10 +214,8 @@ def set_password(
         params=(password_hash,),
         detail={},
         revoke=revoke_sessions,
+        denylist=denylist,
     )
-    if denied and denylist is not None:
-        denylist.deny_sessions(denied)
-    return user
 
 
 def set_role(
@@ -241,7 +241,7 @@ def set_role(
     'user.set_role'.
     """
     _check_role(role)
-    user, denied = _update(
+    return _update(
         conn,
         clinic=clinic,
         email=email,
@@ -252,7 +252,5 @@ def set_role(
         detail={"role": role},
         revoke=lambda before: before.role != role,
         count_revoked=False,
+        denylist=denylist,
     )
-    if denied and denylist is not None:
-        denylist.deny_sessions(denied)
-    return user
