@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from atendeai_ctl.config import Config
@@ -35,6 +34,7 @@ def open_runtime(
             "invalid", f"unknown runtime {choice!r}", f"use one of: {', '.join(RUNTIMES)}"
         )
     from atendeai_ctl.stack.docker_runtime import DockerRuntime, engine_answers
+    from atendeai_ctl.stack.engine import docker_host
     from atendeai_ctl.stack.local_runtime import LocalRuntime
 
     if choice == "docker":
@@ -42,7 +42,7 @@ def open_runtime(
     local = LocalRuntime.from_config(config)
     if choice == "local":
         return local
-    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    where = docker_host()
     if local.has_processes():
         reason = f"project {config.project} already runs locally"
     elif not engine_answers(AUTO_PING_TIMEOUT):

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from atendeai_ctl.config import connect_host
 from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.stack.interpolate import InterpolationError, interpolate
 from atendeai_ctl.stack.profiles import ALL_PROFILES, PROFILE_NAME
@@ -548,6 +549,5 @@ def published_address(spec: StackSpec, value: str) -> str:
     for other in spec.services.values():
         for port in other.ports:
             pattern = rf"(?<=[@/]){re.escape(other.name)}:{port.target}(?=[/?]|$)"
-            host = port.host_ip if port.host_ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
-            value = re.sub(pattern, f"{host}:{port.host_port}", value)
+            value = re.sub(pattern, f"{connect_host(port.host_ip)}:{port.host_port}", value)
     return value
