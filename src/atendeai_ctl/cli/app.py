@@ -27,6 +27,7 @@ from atendeai_ctl.cli import (
     migrate,
     stack,
     token,
+    top,
     user,
 )
 from atendeai_ctl.cli._input import check_arguments, check_environment
@@ -59,6 +60,7 @@ def root(
 
 
 stack.register(app)
+top.register(app)
 app.add_typer(config.app, name="config")
 app.add_typer(migrate.app, name="migrate")
 app.add_typer(db.app, name="db")
