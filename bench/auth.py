@@ -1,6 +1,7 @@
 """Throughput and latency of the auth service (2 uvicorn workers) on loopback, against a peer.
 
     python bench/auth.py [--duration 8] [--rounds 3] [--peer ../shared/peers/node-auth]
+    python bench/auth.py --baseline /tmp/base   # this tree against another checkout of it
 
 Starts a throwaway PostgreSQL and Redis (tests/servers.py), migrates, seeds a clinic and a
 user at the default bcrypt cost (12), runs `atendeai auth serve --workers 2` and drives it
@@ -9,6 +10,11 @@ with wrk (bench/wrk/auth.lua; C, so it leaves CPU for the server) at 50 connecti
 With --peer, the Node service there is copied to a temp dir, `npm ci`-ed, given its own
 database on the same PostgreSQL and Redis and started with WORKERS=2 JWT_KEYOBJECT=1. The same
 wrk script, connections, duration and stop condition (wrk's -d) drive both sides.
+
+With --baseline, the other side is this service again, run from another checkout (e.g.
+`git worktree add /tmp/base HEAD`: its src/ goes first on PYTHONPATH), with its own database on
+the same PostgreSQL and Redis: a before/after comparison of a change in one run, rounds
+alternating as with a peer.
 
 Scenarios:
   health               ours GET /health/ready vs the peer's GET /health (both query PostgreSQL
@@ -24,11 +30,14 @@ Scenarios:
   login                POST /auth/login at saturation (16 connections)
   verify_under_logins  verify_miss while 4 connections run logins (bcrypt saturates the cores)
 
-Requests/s counts 2xx responses only. Non-2xx responses, socket errors (connect/read/write)
-and timeouts are printed for every run; a scenario with any of them in any measured run gets no
-ratio and no target verdict. A warm-up run of every scenario is discarded, then `--rounds`
-rounds alternate the order (ours first, then the peer first, ...). Every run is printed with the
-load average, then the medians. Figures, never assertions.
+Requests/s counts 2xx responses only. For this service (and a --baseline), the CPU time its
+processes (the serve process and its workers) used per request is printed too: on a machine
+shared with other work, throughput swings with the neighbours' load while CPU per request
+barely does, so it is the steadier before/after figure. Non-2xx responses, socket errors
+(connect/read/write) and timeouts are printed for every run; a scenario with any of them in any
+measured run gets no ratio and no target verdict. A warm-up run of every scenario is discarded,
+then `--rounds` rounds alternate the order (ours first, then the peer first, ...). Every run is
+printed with the load average, then the medians. Figures, never assertions.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +146,24 @@ def wait_ready(url: str, path: str, deadline_s: float = 60) -> None:
     raise RuntimeError(f"{url}{path} did not become ready")
 
 
+def session_cpu_s(sid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of session `sid`."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def process(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[None]:
+def process(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[int]:
+    """Run argv in a new session for the block; yields its pid (= the session id)."""
     with log.open("w") as out:
         proc = subprocess.Popen(
             argv,
@@ -148,7 +174,7 @@ def process(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> Itera
             start_new_session=True,
         )
     try:
-        yield
+        yield proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -193,6 +219,8 @@ class Target:
     login_env: dict[str, str] = field(default_factory=dict)
     # distinct tokens per miss run: 1.3x the most any earlier run sent, so none repeats
     pool_size: int = 0
+    cpu_s: Callable[[], float] | None = None
+    """CPU seconds used so far by the service's processes (this service only)."""
 
     def check_token(self, token: str) -> None:
         """A pool token the service refuses would turn the run into a 401 benchmark."""
@@ -229,13 +257,23 @@ class Target:
 
     def run(self, scenario: str, tmp: Path, duration: float) -> tuple[Result, Result | None]:
         """(the scenario's result, the background logins' result for verify_under_logins)."""
-        path, env = self.env_for(scenario, tmp)
+        return self.execute(scenario, self.env_for(scenario, tmp), duration)
+
+    def execute(
+        self, scenario: str, prepared: tuple[str, dict[str, str]], duration: float
+    ) -> tuple[Result, Result | None]:
+        """run() with its inputs made already (env_for), so paired runs start together."""
+        path, env = prepared
         pool = int(env.get("TOKENS_PER_THREAD", 0)) * WRK_THREADS
         connections = LOGIN_CONNECTIONS if scenario == "login" else CONNECTIONS
         timeout = "30s" if scenario == "login" else "5s"
         if scenario != "verify_under_logins":
+            cpu_before = self.cpu_s() if self.cpu_s else 0.0
             result = wrk(self.url + path, env, connections=connections, duration=duration,
                          timeout=timeout)  # fmt: skip
+            if self.cpu_s and result["requests"]:
+                used = self.cpu_s() - cpu_before
+                result["cpu_us"] = used / result["requests"] * 1e6
             return result | ({"pool": pool} if pool else {}), None
         login_env = {**os.environ, "MODE": "login", **self.login_env}
         argv = wrk_argv(self.url + "/auth/login", connections=4, duration=duration + 2,
@@ -251,7 +289,10 @@ class Target:
         return verify | {"pool": pool}, parse_result(out, err)
 
 
-def our_service(pg: PostgresServer, redis_url: str, tmp: Path) -> Iterator[Target]:
+def our_service(
+    pg: PostgresServer, redis_url: str, tmp: Path, name_: str = "ours", src: Path | None = None
+) -> Iterator[Target]:
+    """This service (or, with `src`, the copy of it in another checkout's src/)."""
     from atendeai_ctl.auth import clinics, ensure_signing_key, users
     from atendeai_ctl.auth.keys import KeyRing
     from atendeai_ctl.auth.sessions import issue_token
@@ -323,12 +364,16 @@ def our_service(pg: PostgresServer, redis_url: str, tmp: Path) -> Iterator[Targe
         # all load comes from 127.0.0.1: raise the per-IP request limit (it still counts)
         "ATENDEAI_AUTH_REQUESTS_PER_IP": "1000000000",
     }
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     argv = [sys.executable, "-m", "atendeai_ctl", "auth", "serve", "--port", str(port),
             "--workers", "2"]  # fmt: skip
-    with process(argv, env, ROOT, tmp / "ours.log"):
+    with process(argv, env, ROOT, tmp / f"{name_}.log") as sid:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, "/health/ready")
-        yield Target("ours", url, token, pool, seeds, "/health/ready")
+        target = Target(name_, url, token, pool, seeds, "/health/ready")
+        target.cpu_s = lambda: session_cpu_s(sid)
+        yield target
 
 
 def peer_service(peer: Path, pg: PostgresServer, redis_url: str, tmp: Path) -> Iterator[Target]:
@@ -417,6 +462,7 @@ def describe(result: Result) -> str:
         f" {result['connect_errors']}/{result['read_errors']}/{result['write_errors']}"
         f" (connect/read/write)  timeouts {result['timeouts']}"
         + (f"  pool {result['pool']} wraps {result['wraps']}" if result.get("pool") else "")
+        + (f"  cpu {result['cpu_us']:.0f} us/req" if "cpu_us" in result else "")
     )
 
 
@@ -438,12 +484,21 @@ class Tally:
         results = self.runs.get((target, scenario))
         if not results:
             return None
-        return {k: statistics.median(r[k] for r in results) for k in ("ok_rps", "p50_ms", "p99_ms")}
+        keys = ("ok_rps", "p50_ms", "p99_ms", "cpu_us")
+        return {k: statistics.median(r[k] for r in results) for k in keys if k in results[0]}
 
 
 def measure(
-    targets: list[Target], scenarios: list[str], rounds: int, duration: float, tmp: Path
+    targets: list[Target],
+    scenarios: list[str],
+    rounds: int,
+    duration: float,
+    tmp: Path,
+    *,
+    paired: bool = False,
 ) -> Tally:
+    """Every run of every round; with `paired`, both targets of a scenario are driven at the
+    same time (each by its own wrk), so both see the same load from outside the bench."""
     cores = os.cpu_count() or 1
     tally = Tally()
     for round_ in range(rounds + 1):
@@ -452,10 +507,23 @@ def measure(
         label = "warm-up" if warmup else f"round {round_}"
         print(f"{label}: order {' then '.join(t.name for t in order)}", flush=True)
         for scenario in scenarios:
+            seconds = min(duration, 3) if warmup else duration
+            together: dict[str, tuple[Result, Result | None]] = {}
+            if paired and scenario not in ("login", "verify_under_logins"):
+                prepared = [t.env_for(scenario, tmp) for t in order]
+                with ThreadPoolExecutor(len(order)) as pool:
+                    futures = [
+                        pool.submit(t.execute, scenario, inputs, seconds)
+                        for t, inputs in zip(order, prepared, strict=True)
+                    ]
+                    together = {t.name: f.result() for t, f in zip(order, futures, strict=True)}
             for target in order:
                 if scenario == "login" and not warmup:
                     tally.bcrypt.append(bcrypt_rate(cores))
-                result, logins = target.run(scenario, tmp, min(duration, 3) if warmup else duration)
+                if target.name in together:
+                    result, logins = together[target.name]
+                else:
+                    result, logins = target.run(scenario, tmp, seconds)
                 if scenario in ("verify_miss", "verify_under_logins"):
                     rate = result["requests"] / result["duration_s"]
                     target.pool_size = max(target.pool_size, int(rate * duration * 1.3))
@@ -477,7 +545,7 @@ def measure(
     return tally
 
 
-def report(tally: Tally, scenarios: list[str], rounds: int, *, peer: bool) -> None:
+def report(tally: Tally, scenarios: list[str], rounds: int, *, other: str | None) -> None:
     cores = os.cpu_count() or 1
     print(
         f"\nmedians of {rounds} rounds; auth service 2 workers, {cores} cores, {CONNECTIONS}"
@@ -485,8 +553,10 @@ def report(tally: Tally, scenarios: list[str], rounds: int, *, peer: bool) -> No
         f" (verifier cache {CACHE_SIZE} per worker); load now {os.getloadavg()[0]:.2f}"
     )
     header = f"{'scenario':<21}{'ours 2xx/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}"
-    if peer:
-        header += f"{'peer 2xx/s':>12}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'ours/peer':>11}"
+    if other:
+        header += (
+            f"{other + ' 2xx/s':>12}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'ours/' + other:>11}"
+        )
     print(header)
     ratios: dict[str, float] = {}
     for scenario in scenarios:
@@ -498,17 +568,17 @@ def report(tally: Tally, scenarios: list[str], rounds: int, *, peer: bool) -> No
             f"{scenario:<21}{ours['ok_rps']:>11.1f}{ours['p50_ms']:>8.1f}{ours['p99_ms']:>8.1f}"
             f"{ours_errors:>8}"
         )
-        other = tally.median("peer", scenario)
-        if other is not None:
-            peer_errors = tally.errors("peer", scenario)
+        theirs = tally.median(other, scenario) if other else None
+        if other and theirs is not None:
+            peer_errors = tally.errors(other, scenario)
             line += (
-                f"{other['ok_rps']:>12.1f}{other['p50_ms']:>8.1f}{other['p99_ms']:>8.1f}"
+                f"{theirs['ok_rps']:>12.1f}{theirs['p50_ms']:>8.1f}{theirs['p99_ms']:>8.1f}"
                 f"{peer_errors:>8}"
             )
             if ours_errors or peer_errors:
                 line += f"{'withheld':>11}"
-            elif other["ok_rps"]:
-                ratios[scenario] = ours["ok_rps"] / other["ok_rps"]
+            elif theirs["ok_rps"]:
+                ratios[scenario] = ours["ok_rps"] / theirs["ok_rps"]
                 line += f"{ratios[scenario]:>11.2f}"
             else:
                 line += f"{'n/a':>11}"
@@ -525,7 +595,31 @@ def report(tally: Tally, scenarios: list[str], rounds: int, *, peer: bool) -> No
             f"bcrypt cost 12, {cores} threads, measured before and after each login run:"
             f" {per * 1000:.0f} ms per check per core -> {allowed:.2f} logins/s allowed"
         )
-    targets(tally, ratios, allowed)
+    for scenario in scenarios:
+        mine_runs, their_runs = (
+            tally.runs.get(("ours", scenario)),
+            tally.runs.get((other or "", scenario)),
+        )
+        if mine_runs and their_runs and len(mine_runs) == len(their_runs):
+            per_round = [
+                a["ok_rps"] / b["ok_rps"]
+                for a, b in zip(mine_runs, their_runs, strict=True)
+                if b["ok_rps"]
+            ]
+            if per_round:
+                print(
+                    f"  ours/{other} per round, {scenario}: median"
+                    f" {statistics.median(per_round):.3f} of {[round(r, 2) for r in per_round]}"
+                )
+    for scenario in scenarios:
+        mine, theirs = tally.median("ours", scenario), tally.median(other or "", scenario)
+        if mine and "cpu_us" in mine:
+            line = f"  cpu per request, {scenario}: ours {mine['cpu_us']:.0f} us"
+            if theirs and "cpu_us" in theirs:
+                change = mine["cpu_us"] / theirs["cpu_us"] - 1
+                line += f", {other} {theirs['cpu_us']:.0f} us ({change:+.1%})"
+            print(line)
+    targets(tally, ratios if other == "peer" else {}, allowed)
 
 
 def targets(tally: Tally, ratios: dict[str, float], allowed: float | None) -> None:
@@ -574,6 +668,14 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds per run (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
     parser.add_argument("--peer", type=Path, help="the Node peer service directory")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout of this repository to compare against"
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="drive both sides at once (not login scenarios): same outside load for both",
+    )
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, default=SCENARIOS)
     args = parser.parse_args()
     scenarios = [s for s in SCENARIOS if s in args.only]
@@ -585,15 +687,24 @@ def main() -> None:
         tmp = Path(tmp_name)
         tmp.chmod(0o755)
         ours_cm = contextmanager(our_service)(pg, rs.url(), tmp)
+        if args.peer and args.baseline:
+            parser.error("--peer and --baseline are exclusive")
         peer_cm = (
             contextmanager(peer_service)(args.peer.resolve(), pg, rs.url(), tmp)
             if args.peer
+            else contextmanager(our_service)(
+                pg, rs.url(), tmp, "base", args.baseline.resolve() / "src"
+            )
+            if args.baseline
             else _nothing()
         )
         with ours_cm as ours, peer_cm as peer:
             targets_ = [t for t in (ours, peer) if t is not None]
-            tally = measure(targets_, scenarios, args.rounds, args.duration, tmp)
-    report(tally, scenarios, args.rounds, peer=args.peer is not None)
+            tally = measure(
+                targets_, scenarios, args.rounds, args.duration, tmp, paired=args.paired
+            )
+    other = "peer" if args.peer else "base" if args.baseline else None
+    report(tally, scenarios, args.rounds, other=other)
 
 
 if __name__ == "__main__":

@@ -132,8 +132,10 @@ def live_server(
     keys_dir: Path,
     settings: AuthSettings = FAST,
     pool_max: int = 10,
+    redis_target: Any = None,
 ) -> Iterator[LiveServer]:
-    """uvicorn (uvloop + httptools) in a thread on a free loopback port."""
+    """uvicorn (uvloop + httptools) in a thread on a free loopback port. `redis_target`: a
+    redis_ha.RedisTarget (Sentinel) instead of the plain `redis_url`."""
     log = io.StringIO()
     service = Service(
         settings=settings,
@@ -142,6 +144,7 @@ def live_server(
         redis_url=redis_url,
         pool_max=pool_max,
         log=JsonLog("debug", stream=log),
+        redis_target=redis_target,
     )
     port = free_port()
     config = uvicorn.Config(

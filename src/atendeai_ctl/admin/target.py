@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import redis
 
     from atendeai_ctl.auth.keys import KeyRing
+    from atendeai_ctl.auth.redis_ha import RedisTarget
     from atendeai_ctl.auth.sessions import Denylist
     from atendeai_ctl.auth.settings import AuthSettings
     from atendeai_ctl.config import Config
@@ -47,20 +48,31 @@ def operator_actor() -> str:
     return f"cli:{name}"
 
 
-def _redis_where(url: str) -> str:
+def _redis_where(target: str | RedisTarget) -> str:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    if not isinstance(target, str):
+        return target.where()
+    parts = urlsplit(target)
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
 @contextmanager
-def redis_errors(url: str) -> Iterator[None]:
+def redis_errors(url: str | RedisTarget) -> Iterator[None]:
     """Any Redis client error in the block becomes one line naming the server (no password)."""
     import redis
 
+    from atendeai_ctl.auth.redis_ha import ReplicationUnconfirmed
+
     try:
         yield
+    except ReplicationUnconfirmed as exc:
+        raise AtendeaiError(
+            "unavailable",
+            f"Redis at {_redis_where(url)} took the revocation, but no replica confirmed it: {exc}",
+            "a failover now could lose it; check that redis-replica is running, then run the"
+            " command again",
+        ) from exc
     except redis.AuthenticationError as exc:
         raise AtendeaiError(
             "unauthorized",
@@ -89,6 +101,8 @@ class Admin:
     actor: str
     conn: psycopg.Connection[Any] | None = None
     client: redis.Redis | None = field(default=None, repr=False)
+    # With a replica (profile `ha`): revocations wait for this many replicas, this long (ms).
+    redis_wait: tuple[int, int] = (0, 0)
 
     @contextmanager
     def transaction(self, *, owner: bool = False) -> Iterator[psycopg.Connection[Any]]:
@@ -106,7 +120,8 @@ class Admin:
 
         if self.client is None:
             raise AtendeaiError("failed", "this command was opened without Redis")
-        return Denylist(self.client)
+        replicas, timeout_ms = self.redis_wait
+        return Denylist(self.client, wait_replicas=replicas, wait_timeout_ms=timeout_ms)
 
     @property
     def keys_dir(self) -> Path:
@@ -167,28 +182,34 @@ def open_admin(
     project_dir: Path | None = None,
     need_redis: bool = False,
     need_database: bool = True,
+    config: Config | None = None,
 ) -> Iterator[Admin]:
     """Connect (PostgreSQL in autocommit, so `transaction()` is a real BEGIN/COMMIT).
 
     Redis is reached first when the command will write to the denylist: if it is down the
-    command stops before touching the database.
+    command stops before touching the database. `config`: already resolved settings (with
+    the secrets) instead of the flags, e.g. the drill's, which adds the `ha` profile.
     """
-    config = resolve_config(database_url=database_url, redis_url=redis_url, project_dir=project_dir)
+    if config is None:
+        config = resolve_config(
+            database_url=database_url, redis_url=redis_url, project_dir=project_dir
+        )
     admin = Admin(config, auth_settings(config), operator_actor())
     with contextlib.ExitStack() as stack:
         if need_redis:
-            admin.client = stack.enter_context(_redis_client(config.redis_url()))
+            target = config.redis_target()
+            admin.client = stack.enter_context(_redis_client(target))
+            admin.redis_wait = target.denylist_wait()
         if need_database:
             admin.conn = stack.enter_context(_database(config.database_url()))
         yield admin
 
 
 @contextmanager
-def _redis_client(url: str) -> Iterator[redis.Redis]:
-    import redis
-
-    with redis_errors(url):
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+def _redis_client(target: RedisTarget) -> Iterator[redis.Redis]:
+    """The primary: the URL's server, or the one the Sentinels name (profile `ha`)."""
+    with redis_errors(target):
+        client = target.sync_client(socket_timeout=5, connect_timeout=3)
         try:
             client.ping()
             yield client

@@ -11,6 +11,11 @@ load their replies arrive in one read, which saves syscalls as well as Python wo
 Failure model: if the connection drops, or the oldest reply is late by more than `timeout`,
 the connection is closed and every waiter gets redis.ConnectionError; the next call
 reconnects.
+
+With a `resolver` (Sentinel, redis_ha.py) every connect asks it for the primary's address, so
+a reconnect after any error is a re-resolution; a READONLY reply (the server was demoted) and
+Sentinel's `+switch-master` also drop the connection at once, failing its waiters (503s for
+the few requests in flight, rather than writes sent to a replica).
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import hiredis
 import redis
+
+if TYPE_CHECKING:
+    from atendeai_ctl.auth.redis_ha import Address, SentinelResolver
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
@@ -51,6 +59,11 @@ class _Protocol(asyncio.Protocol):
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
+                if str(reply).startswith("READONLY"):
+                    # A demoted primary: nothing more goes to it; reconnecting re-resolves.
+                    future.set_exception(redis.ReadOnlyError(str(reply)))
+                    self.client.drop()
+                    return
                 future.set_exception(redis.ResponseError(str(reply)))
             else:
                 future.set_result(reply)
@@ -60,7 +73,9 @@ class _Protocol(asyncio.Protocol):
 
 
 class PipelinedRedis:
-    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 2.0, resolver: SentinelResolver | None = None
+    ) -> None:
         parsed = urlparse(url)
         if parsed.scheme != "redis":
             raise ValueError("only redis:// URLs are supported")
@@ -77,6 +92,9 @@ class PipelinedRedis:
         self._watchdog: asyncio.Task[None] | None = None
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
+        self.resolver = resolver
+        self._switch_watch: asyncio.Task[None] | None = None
+        self.switches = 0  # +switch-master events seen (tests, the drill)
 
     async def _connect(self) -> None:
         if self._connecting is None:
@@ -85,15 +103,24 @@ class PipelinedRedis:
             if self._transport is not None:
                 return
             loop = asyncio.get_running_loop()
+            host, port = self.host, self.port
+            if self.resolver is not None:
+                if self._switch_watch is None or self._switch_watch.done():
+                    self._switch_watch = asyncio.ensure_future(self.resolver.watch(self._switched))
+                host, port = await self.resolver.address()
             try:
                 transport, protocol = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Protocol(self), self.host, self.port),
+                    loop.create_connection(lambda: _Protocol(self), host, port),
                     self.timeout,
                 )
             except (TimeoutError, OSError) as exc:
                 raise redis.ConnectionError(f"cannot connect to Redis: {exc}") from None
             self._transport = transport
             self._protocol = protocol
+            # Watched from here on: a server that accepts the connection but never answers
+            # (stopped, or a dropped network) fails AUTH too, not only later commands.
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = asyncio.ensure_future(self._watch())
             setup = []
             if self.password is not None:
                 user = (self.username,) if self.username else ()
@@ -106,8 +133,6 @@ class PipelinedRedis:
                 transport.close()
                 self._lost(protocol)
                 raise redis.ConnectionError(f"Redis refused the connection: {exc}") from None
-            if self._watchdog is None or self._watchdog.done():
-                self._watchdog = asyncio.ensure_future(self._watch())
 
     def _send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         assert self._transport is not None
@@ -141,6 +166,18 @@ class PipelinedRedis:
                 raise
             return await self.call("EVAL", script, len(keys), *keys, *args)
 
+    def drop(self) -> None:
+        """Close the connection now, failing its waiters; the next call connects afresh."""
+        transport, protocol = self._transport, self._protocol
+        if protocol is not None:
+            self._lost(protocol)
+        if transport is not None:
+            transport.close()
+
+    def _switched(self, address: Address) -> None:
+        self.switches += 1
+        self.drop()
+
     def _lost(self, protocol: _Protocol) -> None:
         if protocol is not self._protocol:
             return
@@ -157,13 +194,11 @@ class PipelinedRedis:
         while self._transport is not None:
             await asyncio.sleep(self.timeout / 4)
             if self._pending and time.monotonic() - self._pending[0][0] > self.timeout:
-                transport, protocol = self._transport, self._protocol
-                if protocol is not None:
-                    self._lost(protocol)
-                if transport is not None:
-                    transport.close()
+                self.drop()
 
     async def aclose(self) -> None:
+        if self._switch_watch is not None:
+            self._switch_watch.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._transport is not None:

@@ -8,7 +8,8 @@ hands it to the real transport once, at the end of that iteration (`loop.call_so
 flushes first, so nothing written before a close is lost or reordered; everything else (flow
 control, keep-alive, timeouts, shutdown) is uvicorn's, unchanged.
 
-`serve` passes HTTP_PROTOCOL to uvicorn (an import string, so `--workers N` children load it).
+`serve` passes HTTP_PROTOCOL to uvicorn (an import string, so `--workers N` children load it)
+and GRACEFUL_TIMEOUT_S, and runs it through `run` below.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
 HTTP_PROTOCOL = "atendeai_ctl.auth._server:CoalescingHttpToolsProtocol"
+GRACEFUL_TIMEOUT_S = 8
+"""On SIGTERM uvicorn stops accepting, closes idle keep-alive connections, lets requests in
+flight finish, then runs the lifespan shutdown (Service.stop closes the pools). Requests still
+running after this long are cancelled, so the pools are closed before Docker's SIGKILL (10 s
+after its SIGTERM by default; `atendeai rollout` waits as long)."""
 
 
 class CoalescingTransport:
@@ -65,3 +72,32 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped: Any = CoalescingTransport(transport, self.loop)
         super().connection_made(wrapped)
+
+
+class _ClosingMultiprocess(Multiprocess):
+    """uvicorn's worker supervisor, except that on SIGTERM/SIGINT the parent closes its copy
+    of the listening socket before it signals the workers. Without this the socket stays open
+    in the parent until every worker has finished its in-flight requests: the kernel keeps
+    completing handshakes nobody will accept, so a gateway's new connection hangs (until a
+    timeout) instead of being refused at once and retried on another replica."""
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
+
+def run(app: str, **options: Any) -> None:
+    """uvicorn.run, with _ClosingMultiprocess when there are several workers (one worker
+    closes its listening socket itself when told to stop)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, **options)
+    if config.workers <= 1:
+        uvicorn.run(app, **options)
+        return
+    sock = config.bind_socket()
+    try:
+        _ClosingMultiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()

@@ -18,10 +18,10 @@ and answered with one 500, and never with a second response on the same connecti
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import json
+import os
 import re
 import secrets
 import time
@@ -37,8 +37,9 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from atendeai_ctl.auth import identity, sessions
-from atendeai_ctl.auth._db import run_simple, set_tenant
+from atendeai_ctl.auth._db import set_tenant
 from atendeai_ctl.auth.log import REQUEST_ID
+from atendeai_ctl.auth.metrics import CONTENT_TYPE
 from atendeai_ctl.auth.openapi import DOCUMENT
 from atendeai_ctl.auth.refresh import RefreshRefused, refresh_async
 from atendeai_ctl.auth.service import (
@@ -47,7 +48,6 @@ from atendeai_ctl.auth.service import (
     UNAUTHORIZED,
     ApiError,
     Service,
-    unavailable,
 )
 from atendeai_ctl.auth.tokens import Claims
 
@@ -209,27 +209,27 @@ async def login(request: Request) -> Response:
         ip=ip,
         user_agent=_user_agent(request),
     )
-    async with service.bcrypt_slots:
+    async with service.bcrypt_slot():
         try:
             attempt = await service.limiter.login_attempt(clinic, email, ip)
         except REDIS_ERRORS:
-            raise unavailable("Redis") from None
+            raise service.redis_down() from None
         if not attempt.allowed:
-            service.metrics.logins["rate_limited"] += 1
+            service.metrics.login("rate_limited")
             service.blocked(attempt, ip, clinic=clinic, email=email)
         succeeded = False
         try:
             pair = await service.bcrypt(call)
             succeeded = True
         except sessions.AuthFailed as exc:
-            service.metrics.logins["failure"] += 1
+            service.metrics.login("failure")
             service.log.info("login_failed", reason=exc.reason, ip=ip)
             raise ApiError(
                 401, "invalid_credentials", "invalid clinic, email or password"
             ) from None
         finally:
             await service.login_finished(clinic, email, ip, failed=not succeeded)
-    service.metrics.logins["success"] += 1
+    service.metrics.login("success")
     service.log.info("login", user=pair.claims["sub"], session=pair.claims["sid"], ip=ip)
     return JSONResponse(pair.to_dict(), headers={"Cache-Control": "no-store"})
 
@@ -253,12 +253,13 @@ async def refresh(service: Service, scope: Scope, receive: Receive) -> bytes:
             await service.deny_sessions(exc.revoked)
         raise ApiError(401, "invalid_refresh_token", "invalid refresh token") from None
     except DB_ERRORS:
-        raise unavailable("the database") from None
+        raise service.db_down() from None
     return _compact(pair.to_dict())
 
 
-async def _authorized(request: Request) -> tuple[Service, Claims, str]:
-    """Count the request, then accept only a valid, unrevoked bearer token."""
+async def _authorized(request: Request, *, revoked_ok: bool = False) -> tuple[Service, Claims, str]:
+    """Count the request, then accept only a valid, unrevoked bearer token (`revoked_ok`: a
+    revoked one too, for logout to be repeatable)."""
     service = _service(request)
     ip = service.client_ip(request.scope)
     try:
@@ -267,13 +268,15 @@ async def _authorized(request: Request) -> tuple[Service, Claims, str]:
         await service.gate(ip)
         raise
     decision = await service.gate(ip, claims)
-    if decision.revoked:
+    if decision.revoked and not revoked_ok:
         raise ApiError(401, "invalid_token", "invalid or expired token", UNAUTHORIZED)
     return service, claims, ip
 
 
 async def logout(request: Request) -> Response:
-    service, claims, ip = await _authorized(request)
+    # Repeatable: a 503 can leave the token denied on the primary but not confirmed by a
+    # replica (redis_ha.py); the client's retry with the same token must be able to finish it.
+    service, claims, ip = await _authorized(request, revoked_ok=True)
     body = await _json_object(request, LOGOUT_FIELDS, optional=True)
     scope = body.get("scope", "session")
     if scope not in ("session", "global"):
@@ -289,7 +292,7 @@ async def logout(request: Request) -> Response:
     try:
         count = await service.in_thread(run)
     except REDIS_ERRORS:
-        raise unavailable("Redis") from None
+        raise service.redis_down() from None
     service.log.info("logout", user=claims["sub"], scope=scope, sessions=count)
     return Response(status_code=204)
 
@@ -327,25 +330,13 @@ async def jwks(request: Request) -> Response:
 
 async def readiness(service: Service) -> Answer:
     """PostgreSQL (a SELECT 1 on the async pool) and Redis (PING), asked at once, on the
-    event loop: no thread hop, so readiness answers as fast as the routes it vouches for."""
-
-    async def database() -> None:
-        assert service.apool is not None
-        async with service.apool.connection(timeout=2) as conn:
-            await run_simple(conn, "SELECT 1")
-
-    async def cache() -> None:
-        assert service.fast_redis is not None
-        await service.fast_redis.call("PING")
-
-    outcomes = await asyncio.gather(
-        asyncio.wait_for(database(), 3), asyncio.wait_for(cache(), 2), return_exceptions=True
-    )
-    down = [
-        name
-        for name, outcome in zip(("postgresql", "redis"), outcomes, strict=True)
-        if isinstance(outcome, Exception)
-    ]
+    event loop: no thread hop, so readiness answers as fast as the routes it vouches for.
+    A dependency already known to be down is named at once (Service.ready)."""
+    down = await service.ready()
+    if "postgresql" in down:
+        service.metrics.db_errors.inc()
+    if "redis" in down:
+        service.metrics.redis_errors.inc()
     if down:
         return 503, _compact({"status": "unavailable", "down": down}), [JSON_TYPE]
     return 200, READY_BODY, [JSON_TYPE]
@@ -358,12 +349,11 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """Every worker's metrics, from the shared files alone: answers with Redis or
+    PostgreSQL down (metrics.py)."""
     service = _service(request)
-    try:
-        text = await service.metrics.render(service.redis)
-    except REDIS_ERRORS:
-        text = await service.metrics.render(None)
-    return Response(text, media_type="text/plain; version=0.0.4")
+    service.refresh_metrics()
+    return Response(service.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def openapi(request: Request) -> Response:
@@ -547,7 +537,9 @@ class AuthApp:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # After uvicorn's graceful shutdown (in-flight requests answered): pools closed.
                 await self.service.stop()
+                self.service.log.info("stopped", pid=os.getpid())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import gc
 import os
+import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,19 +31,26 @@ from starlette.responses import JSONResponse
 from starlette.types import Scope
 
 from atendeai_ctl.auth import audit, identity, sessions
-from atendeai_ctl.auth._db import clinic_by_slug, set_tenant
+from atendeai_ctl.auth._db import clinic_by_slug, run_simple, set_tenant
 from atendeai_ctl.auth._resp import PipelinedRedis
+from atendeai_ctl.auth.deps import REBUILD_AFTER_S, Dependency, LeasedAsyncPool, LeasedPool, Leases
 from atendeai_ctl.auth.forwarding import client_address
 from atendeai_ctl.auth.keys import KeyRing
 from atendeai_ctl.auth.log import JsonLog
-from atendeai_ctl.auth.metrics import Metrics
+from atendeai_ctl.auth.metrics import FLUSH_S, Metrics
 from atendeai_ctl.auth.ratelimit import Decision, RateLimiter
+from atendeai_ctl.auth.redis_ha import RedisTarget
 from atendeai_ctl.auth.settings import AuthSettings
 from atendeai_ctl.auth.tokens import Claims, TokenError, Verifier
 from atendeai_ctl.errors import AtendeaiError
 
 T = TypeVar("T")
 REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+REDIS_GONE = (redis.ConnectionError, redis.TimeoutError, OSError, asyncio.TimeoutError)
+"""The Redis errors that say the server is unreachable, not that it refused a command."""
+CONNECT_TIMEOUT_S = 2
+"""libpq's connect_timeout for new connections (2 is its minimum); requests never wait
+for a connect: they wait at most db_timeout_s for the pool."""
 DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
 
 
@@ -82,6 +91,7 @@ class Service:
         redis_url: str,
         pool_max: int = 10,
         log: JsonLog | None = None,
+        redis_target: RedisTarget | None = None,
     ) -> None:
         self.settings = settings
         self.ring = ring
@@ -89,6 +99,8 @@ class Service:
         self.client_ip = client_address(settings.trusted_proxies)
         self.database_url = database_url
         self.redis_url = redis_url
+        # Where the Redis primary is: this URL, or Sentinel's answer (profile `ha`).
+        self.redis_target = redis_target or RedisTarget(url=redis_url)
         self.pool_max = pool_max
         self.log = log or JsonLog()
         self.metrics = Metrics()
@@ -105,6 +117,18 @@ class Service:
         self.limiter: RateLimiter | None = None
         self.denylist: sessions.Denylist | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Dependencies gone: 503 at once, probed until back (deps.py).
+        self.leases = Leases(settings.db_timeout_s)
+        self.db_health = Dependency(
+            "postgresql",
+            self._probe_db,
+            timeout=settings.db_timeout_s,
+            log=self.log,
+            on_recovered=self._db_recovered,
+        )
+        self.redis_health = Dependency(
+            "redis", self._probe_redis, timeout=settings.redis_timeout_s, log=self.log
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Service:
@@ -127,6 +151,7 @@ class Service:
             ring=ring,
             database_url=env["ATENDEAI_DATABASE_URL"],
             redis_url=env["ATENDEAI_REDIS_URL"],
+            redis_target=RedisTarget.from_env(env),
             pool_max=int(env.get("ATENDEAI_AUTH_DB_POOL_MAX") or 10),
             log=JsonLog(
                 env.get("ATENDEAI_AUTH_LOG_LEVEL", "info"),
@@ -134,38 +159,52 @@ class Service:
             ),
         )
 
-    async def start(self) -> None:
-        self.pool = ConnectionPool(
+    async def _open_db_pools(self) -> None:
+        """Both PostgreSQL pools, opened without waiting. A borrower waits at most
+        db_timeout_s for a connection and keeps it at most that long (self.leases)."""
+        wait = self.settings.db_timeout_s
+        self.pool = LeasedPool(
             self.database_url,
             min_size=1,
             max_size=self.pool_max,
-            timeout=5,
+            timeout=wait,
             open=False,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
             name="atendeai-auth",
+            leases=self.leases,
+            health=self.db_health,
         )
         self.pool.open(wait=False)
-        self.apool = AsyncConnectionPool(
+        self.apool = LeasedAsyncPool(
             self.database_url,
             min_size=self.pool_max,
             max_size=self.pool_max,
-            timeout=5,
+            timeout=wait,
             open=False,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
             name="atendeai-auth-async",
+            leases=self.leases,
+            health=self.db_health,
         )
         await self.apool.open(wait=False)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.redis_url, max_connections=128, timeout=2, socket_timeout=2,
-            socket_connect_timeout=1,
-        )  # fmt: skip
-        self.redis = aioredis.Redis(connection_pool=pool)
-        self.fast_redis = PipelinedRedis(self.redis_url)
-        self.limiter = RateLimiter(self.fast_redis, self.settings.rate)
-        sync_client = redis.Redis.from_url(
-            self.redis_url, socket_timeout=2, socket_connect_timeout=1
+
+    async def start(self) -> None:
+        await self._open_db_pools()
+        self._spawn(self.leases.run())
+        target = self.redis_target
+        rt = self.settings.redis_timeout_s
+        self.redis = target.async_client(
+            max_connections=128, pool_timeout=rt, socket_timeout=rt, connect_timeout=rt
         )
-        self.denylist = sessions.Denylist(sync_client)
-        self._spawn(self._flush_metrics())
+        self.fast_redis = PipelinedRedis(target.url, resolver=target.resolver(), timeout=rt)
+        self.limiter = RateLimiter(self.fast_redis, self.settings.rate)
+        wait_replicas, wait_ms = target.denylist_wait()
+        # A revocation's WAIT may take up to wait_ms before the reply starts.
+        sync_client = target.sync_client(socket_timeout=rt + wait_ms / 1000, connect_timeout=rt)
+        self.denylist = sessions.Denylist(
+            sync_client, wait_replicas=wait_replicas, wait_timeout_ms=wait_ms
+        )
+        self._spawn(self._fold_metrics())
         # Long-lived objects built so far (modules, keys, pools) leave the GC's view, and
         # fewer young-generation passes run: shorter pauses on the request path.
         gc.collect()
@@ -176,9 +215,10 @@ class Service:
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        self.db_health.stop()
+        self.redis_health.stop()
+        self.metrics.stop()
         if self.redis is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self.metrics.flush(self.redis)
             await self.redis.aclose()
         if self.fast_redis is not None:
             await self.fast_redis.aclose()
@@ -195,18 +235,112 @@ class Service:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _flush_metrics(self) -> None:
+    async def _fold_metrics(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
-            with contextlib.suppress(*REDIS_ERRORS):
-                assert self.redis is not None
-                await self.metrics.flush(self.redis)
+            await asyncio.sleep(FLUSH_S)
+            self.refresh_metrics()
+
+    def refresh_metrics(self) -> None:
+        """Sample the pool gauges and fold the hot-path tallies into the shared metrics.
+
+        The sync pool's waiting count includes requests queued for a thread slot (db_slots):
+        they wait for a connection just the same.
+        """
+        for name, pool, queued in (
+            ("sync", self.pool, self.db_slots.statistics().tasks_waiting),
+            ("async", self.apool, 0),
+        ):
+            if pool is not None:
+                stats = pool.get_stats()
+                self.metrics.set_pool(
+                    name,
+                    in_use=stats["pool_size"] - stats["pool_available"],
+                    waiting=stats.get("requests_waiting", 0) + queued,
+                    size=stats["pool_max"],
+                )
+        self.metrics.flush()
+
+    def redis_down(self) -> ApiError:
+        """Count a failed Redis call; the 503 to raise for it. Called in an `except`: when
+        what failed was the connection (not a refused command, nor a revocation a replica did
+        not confirm), Redis is marked down: 503 at once until it answers again (deps.py)."""
+        self.metrics.redis_errors.inc()
+        error = sys.exc_info()[1]
+        if isinstance(error, REDIS_GONE):
+            self.redis_health.failed(error)
+        return unavailable("Redis")
+
+    def db_down(self) -> ApiError:
+        """Count a failed PostgreSQL call; the 503 to raise for it. PostgreSQL is marked
+        down as well (every DB_ERRORS is about the connection): 503 at once until it
+        answers again."""
+        self.metrics.db_errors.inc()
+        error = sys.exc_info()[1]
+        if isinstance(error, DB_ERRORS):
+            self.db_health.failed(error)
+        return unavailable("the database")
+
+    async def _probe_db(self) -> None:
+        """A connection of its own: the pools lend nothing while PostgreSQL is down."""
+        conn = await psycopg.AsyncConnection.connect(
+            self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+        )
+        async with conn:
+            await run_simple(conn, "SELECT 1")
+
+    async def _probe_redis(self) -> None:
+        assert self.redis is not None
+        await self.redis.ping()
+
+    async def _db_recovered(self, outage: float) -> None:
+        """After a long outage, fresh pools (REBUILD_AFTER_S says why); the old ones close in
+        the background, their stuck borrowers' connections with them."""
+        if outage < REBUILD_AFTER_S:
+            return
+        old = (self.pool, self.apool)
+        await self._open_db_pools()
+        self._spawn(_close_pools(*old))
+
+    async def ready(self) -> list[str]:
+        """The dependencies that do not answer now (empty: ready): a SELECT 1 on the async
+        pool and a PING on the hot path's Redis connection, at once, each within its timeout;
+        one marked down answers False at once."""
+
+        async def database() -> None:
+            assert self.apool is not None
+            async with self.apool.connection() as conn:
+                await run_simple(conn, "SELECT 1")
+
+        async def cache() -> None:
+            assert self.fast_redis is not None
+            await self.fast_redis.call("PING")
+
+        checks = ((self.db_health, database), (self.redis_health, cache))
+        answered = await asyncio.gather(*(health.check(work) for health, work in checks))
+        return [health.name for (health, _), ok in zip(checks, answered, strict=True) if not ok]
 
     async def in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        if self.db_health.down:  # 503 without the thread hop (the pool would refuse anyway)
+            raise self.db_down()
         try:
             return await anyio.to_thread.run_sync(func, *args, limiter=self.db_slots)
         except DB_ERRORS:
-            raise unavailable("the database") from None
+            raise self.db_down() from None
+
+    @contextlib.asynccontextmanager
+    async def bcrypt_slot(self) -> AsyncIterator[None]:
+        """Hold one of the bcrypt slots (one per core), counting the queue and the wait."""
+        queued = time.perf_counter()
+        self.metrics.bcrypt_queue.inc()
+        try:
+            await self.bcrypt_slots.acquire()
+        finally:
+            self.metrics.bcrypt_queue.dec()
+        self.metrics.bcrypt_wait.observe(time.perf_counter() - queued)
+        try:
+            yield
+        finally:
+            self.bcrypt_slots.release()
 
     async def bcrypt(self, func: Callable[[], T]) -> T:
         """Run a login (bcrypt plus its two short transactions) on the niced bcrypt threads."""
@@ -214,7 +348,7 @@ class Service:
         try:
             return await loop.run_in_executor(self.bcrypt_threads, func)
         except DB_ERRORS:
-            raise unavailable("the database") from None
+            raise self.db_down() from None
 
     async def login_finished(self, clinic: str, email: str, ip: str, *, failed: bool) -> None:
         """Release a login's in-flight reservation and count (or clear) its outcome.
@@ -231,6 +365,7 @@ class Service:
             except REDIS_ERRORS as exc:
                 # The reservation expires on its own (60 s); the failure is lost, which is
                 # what Redis being down already means for every limit.
+                self.metrics.redis_errors.inc()
                 self.log.error("login_finish_failed", error=type(exc).__name__, ip=ip)
 
         task: asyncio.Task[None] = asyncio.ensure_future(finish())
@@ -241,17 +376,19 @@ class Service:
     async def gate(self, ip: str, claims: Claims | None = None) -> Decision:
         """The per-IP request limit (and, for a token, its revocation) in one Redis call."""
         assert self.limiter is not None
+        if self.redis_health.down:
+            raise self.redis_down()
         try:
             decision = await self.limiter.request(ip, claims)
         except REDIS_ERRORS:
-            raise unavailable("Redis") from None
+            raise self.redis_down() from None
         if not decision.allowed:
             self.blocked(decision, ip)
         return decision
 
     def blocked(self, decision: Decision, ip: str, *, clinic: str = "", email: str = "") -> None:
         """Count a 429, audit the first one of each window, and raise it."""
-        self.metrics.rate_limited[decision.limiter] += 1
+        self.metrics.limited(decision.limiter)
         self.log.warning("rate_limited", limiter=decision.limiter, ip=ip)
         if decision.first_block:
             self._spawn(self._audit_block(decision.limiter, ip, clinic, email))
@@ -280,16 +417,13 @@ class Service:
             self.log.error("audit_failed", action="rate_limited", error=type(exc).__name__)
 
     async def deny_sessions(self, revoked: list[tuple[str, float]]) -> None:
-        assert self.fast_redis is not None
+        """Through the denylist's own connection, not the shared pipelined one: with a
+        replica the write ends in WAIT, which would hold up every request queued behind it."""
+        assert self.denylist is not None
         try:
-            await asyncio.gather(
-                *(
-                    self.fast_redis.call("SET", sessions.DENY_SID + sid, "1", "EX", int(ttl) + 1)
-                    for sid, ttl in revoked
-                )
-            )
+            await anyio.to_thread.run_sync(self.denylist.deny_sessions, revoked)
         except REDIS_ERRORS:
-            raise unavailable("Redis") from None
+            raise self.redis_down() from None
 
     def bearer_claims(self, scope: Scope) -> Claims:
         return self.bearer(scope)[0]
@@ -304,6 +438,15 @@ class Service:
         except TokenError as exc:
             self.log.info("token_refused", reason=exc.reason)
             raise ApiError(401, "invalid_token", "invalid or expired token", UNAUTHORIZED) from None
+
+
+async def _close_pools(pool: ConnectionPool | None, apool: AsyncConnectionPool | None) -> None:
+    with contextlib.suppress(Exception):
+        if apool is not None:
+            await apool.close(timeout=1.0)
+    with contextlib.suppress(Exception):
+        if pool is not None:
+            await anyio.to_thread.run_sync(pool.close, 1.0)
 
 
 def _yield_cpu() -> None:

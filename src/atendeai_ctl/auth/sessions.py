@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 from atendeai_ctl.auth import audit, identity, passwords
 from atendeai_ctl.auth._db import IN_TENANT, Conn, clinic_by_slug, enter_clinic, set_tenant
 from atendeai_ctl.auth.keys import KeyRing
+from atendeai_ctl.auth.redis_ha import ReplicationUnconfirmed
 from atendeai_ctl.auth.settings import AuthSettings
 from atendeai_ctl.auth.tokens import (
     Claims,
@@ -45,20 +46,43 @@ class AuthFailed(AtendeaiError):
 
 
 class Denylist:
-    """Revoked sessions and token ids in Redis (sync client: CLI and the app's worker threads)."""
+    """Revoked sessions and token ids in Redis (sync client: CLI and the app's worker threads).
 
-    def __init__(self, client: redis.Redis) -> None:
+    `wait_replicas` > 0 (a replica is configured, redis_ha.py): each write ends with
+    `WAIT n timeout_ms` on the same connection, and returns only once that many replicas
+    hold it; otherwise it raises ReplicationUnconfirmed, since a failover could lose it.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, wait_replicas: int = 0, wait_timeout_ms: int = 500
+    ) -> None:
         self.client = client
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+
+    def _write(self, entries: Iterable[tuple[str, float]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for key, ttl in entries:
+            pipe.set(key, "1", ex=max(1, int(ttl) + 1))
+            count += 1
+        if not count:
+            return
+        if self.wait_replicas > 0:
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        replies = pipe.execute()
+        if self.wait_replicas > 0 and int(replies[-1]) < self.wait_replicas:
+            raise ReplicationUnconfirmed(
+                f"{int(replies[-1])} of {self.wait_replicas} replicas confirmed the revocation"
+                f" within {self.wait_timeout_ms} ms"
+            )
 
     def deny_sessions(self, sessions: Iterable[tuple[str, float]]) -> None:
         """(session id, seconds its tokens may still live) pairs."""
-        pipe = self.client.pipeline(transaction=False)
-        for sid, ttl in sessions:
-            pipe.set(DENY_SID + sid, "1", ex=max(1, int(ttl) + 1))
-        pipe.execute()
+        self._write((DENY_SID + sid, ttl) for sid, ttl in sessions)
 
     def deny_jti(self, jti: str, ttl: float) -> None:
-        self.client.set(DENY_JTI + jti, "1", ex=max(1, int(ttl) + 1))
+        self._write([(DENY_JTI + jti, ttl)])
 
     def revoked(self, claims: Claims) -> bool:
         return bool(self.client.exists(DENY_JTI + claims["jti"], DENY_SID + claims["sid"]))

@@ -30,6 +30,19 @@ def _int(environ: Mapping[str, str], key: str, default: int, minimum: int = 0) -
     return value
 
 
+def _seconds(environ: Mapping[str, str], key: str, default: float, minimum: float) -> float:
+    raw = environ.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise AtendeaiError("invalid", f"{key}={raw[:40]!r} is not a number of seconds") from None
+    if not value >= minimum or value > 3600:  # `not >=` refuses NaN too
+        raise AtendeaiError("invalid", f"{key}={raw[:40]!r} is outside {minimum}..3600 seconds")
+    return value
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -73,6 +86,11 @@ class AuthSettings:
     rate: RateLimits = RateLimits()
     trusted_proxies: tuple[Network, ...] = field(default=())
     """Peers whose X-Forwarded-For is believed (see forwarding.py); empty: none is."""
+    db_timeout_s: float = 0.8
+    """The longest a request waits for a pooled PostgreSQL connection, and the longest it may
+    keep one (deps.Leases): a stopped or unreachable server costs a request this, then 503."""
+    redis_timeout_s: float = 0.8
+    """Connect and reply timeout of the Redis clients: the same bound for Redis."""
 
     def __post_init__(self) -> None:
         if self.bcrypt_cost < MIN_BCRYPT_COST or self.bcrypt_cost > 31:
@@ -106,4 +124,6 @@ class AuthSettings:
             bcrypt_cost=_int(env, "ATENDEAI_AUTH_BCRYPT_COST", DEFAULT_BCRYPT_COST),
             rate=rate,
             trusted_proxies=parse_networks(env.get("ATENDEAI_AUTH_TRUSTED_PROXIES", "")),
+            db_timeout_s=_seconds(env, "ATENDEAI_AUTH_DB_TIMEOUT", cls.db_timeout_s, 0.05),
+            redis_timeout_s=_seconds(env, "ATENDEAI_AUTH_REDIS_TIMEOUT", cls.redis_timeout_s, 0.05),
         )

@@ -65,29 +65,31 @@ def serve(
     ] = 1,
 ) -> None:
     """Serve the auth HTTP API (uvicorn with uvloop and httptools)."""
-    import uvicorn
-
-    from atendeai_ctl.auth._server import HTTP_PROTOCOL
+    from atendeai_ctl.auth._server import GRACEFUL_TIMEOUT_S, HTTP_PROTOCOL, run
+    from atendeai_ctl.auth.metrics import multiprocess_dir
     from atendeai_ctl.auth.service import Service
 
     os.environ.update(service_environment(dict(os.environ)))
     Service.from_env()  # fail here, with a clear error, before any worker starts
-    uvicorn.run(
-        "atendeai_ctl.auth.http:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http=HTTP_PROTOCOL,  # httptools, one write per response
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        # The app alone decides what X-Forwarded-For is worth (ATENDEAI_AUTH_TRUSTED_PROXIES,
-        # auth/forwarding.py); uvicorn's default would believe it from any loopback peer.
-        proxy_headers=False,
-    )
+    # Every worker writes its metrics to this run's private directory; /metrics sums them.
+    with multiprocess_dir():
+        run(
+            "atendeai_ctl.auth.http:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http=HTTP_PROTOCOL,  # httptools, one write per response
+            timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,  # SIGTERM: in-flight requests finish
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            # The app alone decides what X-Forwarded-For is worth (ATENDEAI_AUTH_TRUSTED_PROXIES,
+            # auth/forwarding.py); uvicorn's default would believe it from any loopback peer.
+            proxy_headers=False,
+        )
 
 
 @app.command("rotate-key")
