@@ -26,7 +26,12 @@ from sqlalchemy import Connection, MetaData, create_engine, pool, text
 from atendeai_ctl.db.connect import CONNECT_TIMEOUT, sqlalchemy_url
 from atendeai_ctl.db.migrations import MIGRATION_LOCK_KEY as LOCK_KEY
 from atendeai_ctl.db.migrations import SCHEMA
-from atendeai_ctl.db.roles import ROLE_EXISTS_SQL, set_password_sql
+from atendeai_ctl.db.roles import (
+    MONITOR_ROLE,
+    ROLE_EXISTS_SQL,
+    role_exists_sql,
+    set_password_sql,
+)
 
 LOCK_WAIT = os.environ.get("ATENDEAI_MIGRATION_LOCK_WAIT", "10min")
 DDL_LOCK_TIMEOUT = os.environ.get("ATENDEAI_MIGRATION_LOCK_TIMEOUT", "15s")
@@ -77,6 +82,14 @@ def app_password() -> str | None:
     return os.environ.get("ATENDEAI_APP_DB_PASSWORD") or None
 
 
+def monitor_password() -> str | None:
+    """atendeai_monitor's (the postgres-exporter's), found the same way as app_password()."""
+    if "monitor_db_password" in config.attributes:
+        password = config.attributes["monitor_db_password"]
+        return str(password) if password else None
+    return os.environ.get("ATENDEAI_MONITOR_DB_PASSWORD") or None
+
+
 def run_migrations_offline() -> None:
     """Print the SQL, locks included, for a DBA to run with psql; nothing is executed."""
     url = database_url()
@@ -100,6 +113,9 @@ def set_app_password(connection: Connection) -> None:
     has_role = connection.execute(text(ROLE_EXISTS_SQL)).first() is not None
     if password and has_role:
         connection.exec_driver_sql(set_password_sql(password))
+    monitor = monitor_password()
+    if monitor and connection.execute(text(role_exists_sql(MONITOR_ROLE))).first() is not None:
+        connection.exec_driver_sql(set_password_sql(monitor, MONITOR_ROLE))
     connection.commit()
     config.attributes["app_password_set"] = bool(password and has_role)
     config.attributes["app_role_exists"] = has_role

@@ -124,6 +124,7 @@ def up(
             url,
             revision,
             app_password=password,
+            monitor_password=config.get("ATENDEAI_MONITOR_DB_PASSWORD") or None,
             dry_run=dry_run,
             migrations_dir=migrations_dir(config),
         )

@@ -354,15 +354,17 @@ def upgrade(
     revision: str = "head",
     *,
     app_password: str | None = None,
+    monitor_password: str | None = None,
     dry_run: bool = False,
     migrations_dir: Path | None = None,
     extra_version_dirs: Sequence[Path] = (),
 ) -> Outcome:
-    """Migrate up to `revision`, then give atendeai_app `app_password` (if any and the role
-    exists). Safe to run concurrently: the second run waits for the first, then does nothing.
+    """Migrate up to `revision`, then give atendeai_app `app_password` and atendeai_monitor
+    `monitor_password` (each if given and the role exists). Safe to run concurrently: the
+    second run waits for the first, then does nothing.
     """
     if revision in ("head", "heads") and not extra_version_dirs:
-        done = _already_at_head(url, migrations_dir, app_password, dry_run)
+        done = _already_at_head(url, migrations_dir, app_password, dry_run, monitor_password)
         if done is not None:
             return done
     cfg = alembic_config(url, migrations_dir=migrations_dir, extra_version_dirs=extra_version_dirs)
@@ -381,6 +383,7 @@ def upgrade(
     if dry_run:
         return outcome
     cfg.attributes["app_db_password"] = app_password
+    cfg.attributes["monitor_db_password"] = monitor_password
     outcome.applied = _run("upgrade", cfg, url, target, planned, before)
     outcome.app_role_exists = bool(cfg.attributes.get("app_role_exists"))
     outcome.app_password_set = bool(cfg.attributes.get("app_password_set"))
@@ -389,7 +392,11 @@ def upgrade(
 
 
 def _already_at_head(
-    url: str, migrations_dir: Path | None, app_password: str | None, dry_run: bool
+    url: str,
+    migrations_dir: Path | None,
+    app_password: str | None,
+    dry_run: bool,
+    monitor_password: str | None = None,
 ) -> Outcome | None:
     """`migrate up` of a database already at head (what the stack's migrate job finds on every
     `up` after the first) without importing Alembic and SQLAlchemy: one connection reads the
@@ -399,7 +406,12 @@ def _already_at_head(
     if head is None:
         return None
     from atendeai_ctl.db.connect import connect
-    from atendeai_ctl.db.roles import ROLE_EXISTS_SQL, set_password_sql
+    from atendeai_ctl.db.roles import (
+        MONITOR_ROLE,
+        ROLE_EXISTS_SQL,
+        role_exists_sql,
+        set_password_sql,
+    )
 
     with connect(url, autocommit=True) as conn, database_errors(url):
         if _version_rows(conn) != [head]:
@@ -411,6 +423,8 @@ def _already_at_head(
         if app_password and outcome.app_role_exists:
             conn.execute(set_password_sql(app_password).encode())
             outcome.app_password_set = True
+        if monitor_password and conn.execute(role_exists_sql(MONITOR_ROLE)).fetchone():
+            conn.execute(set_password_sql(monitor_password, MONITOR_ROLE).encode())
         outcome.partitions_created = _ensure_partitions(conn)
     return outcome
 

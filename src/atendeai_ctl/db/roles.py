@@ -1,4 +1,5 @@
-"""The RLS-bound application role and how its password reaches the server.
+"""The stack's login roles (the RLS-bound app role, the monitoring role) and how their
+passwords reach the server.
 
 The password is sent as a SCRAM-SHA-256 verifier computed here, so the plaintext never
 appears in a statement (and so never in the server log, even with log_statement=all).
@@ -12,6 +13,8 @@ import hmac
 import secrets
 
 APP_ROLE = "atendeai_app"
+MONITOR_ROLE = "atendeai_monitor"
+ROLES = (APP_ROLE, MONITOR_ROLE)
 SCRAM_ITERATIONS = 4096
 
 
@@ -29,9 +32,18 @@ def scram_sha256_verifier(password: str, *, salt: bytes | None = None) -> str:
     return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-def set_password_sql(password: str) -> str:
-    """`ALTER ROLE atendeai_app PASSWORD '<verifier>'`: base64 and `$:` need no quoting."""
-    return f"ALTER ROLE {APP_ROLE} PASSWORD '{scram_sha256_verifier(password)}'"
+def set_password_sql(password: str, role: str = APP_ROLE) -> str:
+    """`ALTER ROLE <role> PASSWORD '<verifier>'`: base64 and `$:` need no quoting, and the role
+    is one of ours (never outside input), so nothing here is interpolated unchecked."""
+    if role not in ROLES:
+        raise ValueError(f"not a stack role: {role!r}")
+    return f"ALTER ROLE {role} PASSWORD '{scram_sha256_verifier(password)}'"
 
 
-ROLE_EXISTS_SQL = f"SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}'"
+def role_exists_sql(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"not a stack role: {role!r}")
+    return f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'"
+
+
+ROLE_EXISTS_SQL = role_exists_sql(APP_ROLE)
