@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,7 +22,17 @@ from atendeai_ctl.cli.options import (
     examples,
 )
 from atendeai_ctl.cli.render import confirm, info, print_json, table
+from atendeai_ctl.config import Config
 from atendeai_ctl.errors import EXIT_CODES, AtendeaiError
+
+
+def backups_dir(config: Config) -> Path:
+    """ATENDEAI_BACKUP_DIR (derived: the state dir's backups/, kept private)."""
+    configured = config.get("ATENDEAI_BACKUP_DIR")
+    if configured and Path(configured) != config.state.root / "backups":
+        return Path(configured).expanduser()
+    return config.state.backups_dir
+
 
 app = typer.Typer(
     help="Back up, list, verify and restore the database (pg_dump custom format).",
@@ -67,7 +78,7 @@ def backup_command(
 
     config, url = target(project_dir, database_url)
     taken = backup.take_backup(
-        url, config.state.backups_dir, project=config.project, keep=keep, output=output
+        url, backups_dir(config), project=config.project, keep=keep, output=output
     )
     for problem in taken.prune_errors:
         info(f"warning: {problem}")
@@ -105,18 +116,14 @@ def backups_command(
     from atendeai_ctl.db import backup
 
     config = load_config({"ATENDEAI_PROJECT_DIR": str(project_dir) if project_dir else None})
-    entries = backup.list_backups(config.state.backups_dir)
+    directory = backups_dir(config)
+    entries = backup.list_backups(directory)
     now = datetime.now(UTC)
     if json_output:
-        print_json(
-            {
-                "directory": str(config.state.backups_dir),
-                "backups": [e.to_dict(now) for e in entries],
-            }
-        )
+        print_json({"directory": str(directory), "backups": [e.to_dict(now) for e in entries]})
         return
     if not entries:
-        info(f"no backups in {config.state.backups_dir}")
+        info(f"no backups in {directory}")
         return
     rows = []
     for entry in entries:
@@ -181,7 +188,7 @@ def verify_backup_command(
     from atendeai_ctl.db.verify import verify_backup
 
     config, url = target(project_dir, database_url)
-    path = dump_file or backup.newest_backup(config.state.backups_dir)
+    path = dump_file or backup.newest_backup(backups_dir(config))
     with _terminate_as_interrupt():
         report = verify_backup(url, path)
     if json_output:
@@ -203,6 +210,129 @@ def verify_backup_command(
         f"{report.file} failed verification: {report.problems[0]}",
         None if len(report.problems) == 1 else f"{len(report.problems)} problems (listed above)",
     )
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM (`docker stop`) and SIGINT set the event: the scheduler's sleep ends at once,
+    a backup under way is finished, and the command exits 0."""
+    import signal
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@app.command(
+    "schedule",
+    epilog=examples(
+        "atendeai db schedule",
+        "ATENDEAI_BACKUP_SCHEDULE='30 2 * * *' atendeai db schedule --keep 14",
+        "atendeai db schedule --once --json",
+    ),
+)
+def schedule_command(
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule",
+            metavar="CRON",
+            help="When to back up, in UTC (default: ATENDEAI_BACKUP_SCHEDULE, '0 3 * * *').",
+            show_default=False,
+        ),
+    ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            min=1,
+            metavar="N",
+            help="Keep the newest N backups (default: ATENDEAI_BACKUP_KEEP, 7).",
+            show_default=False,
+        ),
+    ] = None,
+    verify: Annotated[
+        bool | None,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Restore each new dump into a scratch database and check it "
+            "(default: ATENDEAI_BACKUP_VERIFY, on).",
+            show_default=False,
+        ),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one scheduled backup now and exit.")
+    ] = False,
+    max_runs: Annotated[
+        int | None,
+        typer.Option("--max-runs", min=1, metavar="N", help="Exit after N scheduled runs."),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    project_dir: ProjectDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Back up on a cron schedule (the `backup` service runs this): one line per backup.
+
+    Each run takes a backup with its manifest, keeps the newest N, creates the coming months'
+    audit_log partitions and counts rows in the catch-all partition. A failed run is logged
+    and the next one still happens. SIGTERM ends the wait at once (exit 0). With --once (or
+    --max-runs) the exit status is 1 when the last run failed.
+    """
+    import json
+
+    from atendeai_ctl.db.schedule import (
+        DEFAULT_SCHEDULE,
+        RunResult,
+        Schedule,
+        run_once,
+        run_schedule,
+        write_status,
+    )
+
+    config, url = target(project_dir, database_url)
+    parsed = Schedule.parse(schedule or config.get("ATENDEAI_BACKUP_SCHEDULE") or DEFAULT_SCHEDULE)
+    if keep is None:
+        raw = config.get("ATENDEAI_BACKUP_KEEP") or "7"
+        if not raw.isdigit() or int(raw) < 1:
+            raise AtendeaiError("invalid", f"ATENDEAI_BACKUP_KEEP={raw[:20]!r} is not 1 or more")
+        keep = int(raw)
+    if verify is None:
+        verify = (config.get("ATENDEAI_BACKUP_VERIFY") or "1") not in ("0", "false", "no")
+    directory = backups_dir(config)
+    last: list[RunResult] = []
+
+    def report(result: RunResult) -> None:
+        last[:] = [result]
+        print(json.dumps(result.to_dict()) if json_output else result.line(), flush=True)
+
+    if once:
+        result = run_once(url, directory, project=config.project, keep=keep, verify=verify)
+        write_status(directory, parsed, result, project=config.project)
+        report(result)
+    else:
+        with _stop_on_signals() as stop:
+            info(f"backing up {config.project} on '{parsed.expression}' (UTC) into {directory}")
+            run_schedule(
+                url,
+                directory,
+                project=config.project,
+                schedule=parsed,
+                keep=keep,
+                verify=verify,
+                stop=stop,
+                report=report,
+                max_runs=max_runs,
+            )
+    if (once or max_runs) and last and not last[0].ok:
+        raise typer.Exit(EXIT_CODES["failed"])
 
 
 @app.command("restore")

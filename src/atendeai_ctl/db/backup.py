@@ -320,6 +320,25 @@ def take_backup(
     return Taken(path=path, manifest=manifest, pruned=pruned, prune_errors=errors)
 
 
+def backup_and_verify(
+    url: str, directory: Path, *, project: str, reason: str, keep: int = DEFAULT_KEEP
+) -> tuple[Taken, Any]:
+    """`take_backup`, then `verify_backup` of the new dump: (taken, verify.Report). For a
+    step that destroys the data after it (`down --volumes`): any failure, the verification's
+    included, raises AtendeaiError("failed"), so the caller stops before deleting anything."""
+    from atendeai_ctl.db.verify import verify_backup
+
+    taken = take_backup(url, directory, project=project, reason=reason, keep=keep)
+    report = verify_backup(url, taken.path)
+    if not report.ok:
+        raise AtendeaiError(
+            "failed",
+            f"the backup {taken.path} failed verification: {report.problems[0]}",
+            "see `atendeai db verify-backup` for every problem",
+        )
+    return taken, report
+
+
 def _is_dump(path: Path) -> bool:
     if path.name.startswith(".") or path.name.endswith(SUFFIX) or not path.is_file():
         return False
