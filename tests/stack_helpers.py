@@ -19,6 +19,9 @@ STANDINS = {
     "ATENDEAI_REDIS_IMAGE": "atendeai-standin/redis:7",
     "ATENDEAI_PYTHON_IMAGE": "atendeai-standin/python:3.11",
     "ATENDEAI_HAPROXY_IMAGE": "atendeai-standin/haproxy:2.6",
+    "ATENDEAI_PROMETHEUS_IMAGE": "atendeai-standin/prometheus:2.42",
+    "ATENDEAI_POSTGRES_EXPORTER_IMAGE": "atendeai-standin/postgres-exporter:0.11",
+    "ATENDEAI_REDIS_EXPORTER_IMAGE": "atendeai-standin/redis-exporter:1.45",
 }
 
 

@@ -24,6 +24,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from atendeai_ctl.admin.target import redis_target
 from atendeai_ctl.auth._resp import PipelinedRedis
 from atendeai_ctl.auth.redis_ha import (
     RedisTarget,
@@ -342,7 +343,7 @@ def test_the_cli_on_the_host_maps_announced_names_to_published_ports(
     }.items():
         monkeypatch.setenv(key, value)
     config = load_config()
-    target = config.redis_target()
+    target = redis_target(config)
     assert target.sentinels == (("127.0.0.1", 7101), ("127.0.0.1", 7102), ("127.0.0.1", 7103))
     assert target.address_map == {
         ("redis", 6379): ("127.0.0.1", 7001),
@@ -355,8 +356,8 @@ def test_the_cli_on_the_host_maps_announced_names_to_published_ports(
     )
     monkeypatch.setenv("ATENDEAI_PROFILES", "edge")
     plain = load_config()
-    assert plain.redis_target().sentinels == ()
-    assert plain.redis_target().wait_replicas == 0
+    assert redis_target(plain).sentinels == ()
+    assert redis_target(plain).wait_replicas == 0
     assert plain.get("ATENDEAI_STACK_SENTINELS") == ""
 
 

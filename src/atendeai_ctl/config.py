@@ -26,6 +26,18 @@ from atendeai_ctl.state import (
 DEFAULTS_FILE = "configs/atendeai.env"
 PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SECRET_KEYS = frozenset(SECRET_NAMES)
+# Profile `ha`: the three Sentinels and the two Redis servers, by compose service name (the
+# names the Sentinels announce) and the setting that publishes each on the host.
+SENTINEL_SERVICES = ("redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3")
+SENTINEL_PORT_KEYS = (
+    "ATENDEAI_REDIS_SENTINEL_PORT_1",
+    "ATENDEAI_REDIS_SENTINEL_PORT_2",
+    "ATENDEAI_REDIS_SENTINEL_PORT_3",
+)
+REDIS_SERVER_PORT_KEYS = {
+    "redis": "ATENDEAI_REDIS_PORT",
+    "redis-replica": "ATENDEAI_REDIS_REPLICA_PORT",
+}
 
 
 def default_project_dir() -> Path:
@@ -198,7 +210,12 @@ def load_config(
     settings["ATENDEAI_JWT_KEYS_DIR"] = settings.get(
         "ATENDEAI_JWT_KEYS_DIR", Setting(str(state_root / project / "jwt"), "derived")
     )
+    # `db backup`, the scheduled `backup` service (bind-mounted) and `status` share it.
+    settings["ATENDEAI_BACKUP_DIR"] = settings.get(
+        "ATENDEAI_BACKUP_DIR", Setting(str(state_root / project / "backups"), "derived")
+    )
     _edge_settings(settings, project)
+    _ha_settings(settings)
     return config
 
 
@@ -206,6 +223,28 @@ def active_profiles(config: Config) -> tuple[str, ...]:
     from atendeai_ctl.stack.profiles import parse_profiles
 
     return parse_profiles(config.get("ATENDEAI_PROFILES") or "")
+
+
+def ha_active(settings: Mapping[str, Setting]) -> bool:
+    from atendeai_ctl.stack.profiles import ALL_PROFILES, parse_profiles
+
+    profiles = parse_profiles(settings.get("ATENDEAI_PROFILES", Setting("", "default")).value)
+    return "ha" in profiles or ALL_PROFILES in profiles
+
+
+def _ha_settings(settings: dict[str, Setting]) -> None:
+    """The auth container's Sentinels (their names on the project network) while `ha` is
+    active; empty otherwise, so auth talks to `redis` directly."""
+    sentinels = ",".join(f"{name}:26379" for name in SENTINEL_SERVICES)
+    derived = Setting(sentinels if ha_active(settings) else "", "derived")
+    settings.setdefault("ATENDEAI_STACK_SENTINELS", derived)
+    # The local runtime's Sentinels (x-atendeai.local of auth): loopback, published ports.
+    local = ",".join(
+        f"127.0.0.1:{settings[key].value}" for key in SENTINEL_PORT_KEYS if key in settings
+    )
+    settings.setdefault(
+        "ATENDEAI_LOCAL_SENTINELS", Setting(local if ha_active(settings) else "", "derived")
+    )
 
 
 def project_subnet(project: str) -> str:
@@ -250,6 +289,10 @@ def _edge_settings(settings: dict[str, Setting], project: str) -> None:
     edge = "edge" in profiles or ALL_PROFILES in profiles
     settings.setdefault(
         "ATENDEAI_AUTH_TRUSTED_PROXIES", Setting(gateway.value if edge else "", "derived")
+    )
+    # The local runtime's gateway reaches auth from loopback (x-atendeai.local of auth).
+    settings.setdefault(
+        "ATENDEAI_LOCAL_TRUSTED_PROXIES", Setting("127.0.0.1" if edge else "", "derived")
     )
     # HAProxy takes the origins as separate words: commas become spaces.
     cors = settings.get("ATENDEAI_CORS_ORIGINS")

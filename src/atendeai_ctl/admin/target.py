@@ -197,7 +197,7 @@ def open_admin(
     admin = Admin(config, auth_settings(config), operator_actor())
     with contextlib.ExitStack() as stack:
         if need_redis:
-            target = config.redis_target()
+            target = redis_target(config)
             admin.client = stack.enter_context(_redis_client(target))
             admin.redis_wait = target.denylist_wait()
         if need_database:
@@ -245,3 +245,32 @@ def _not_migrated() -> AtendeaiError:
         "this database has no atendeai schema (or an older one)",
         "run `atendeai migrate up` first",
     )
+
+
+def redis_target(config: Config) -> RedisTarget:
+    """How the CLI reaches the Redis primary. ATENDEAI_REDIS_SENTINELS when set; else, with
+    the `ha` profile active and no ATENDEAI_REDIS_URL of its own, the stack's Sentinels on
+    their published ports, and the containers they name mapped to published ports too
+    (the announced names resolve only inside the project network)."""
+    from atendeai_ctl.auth.redis_ha import RedisTarget
+    from atendeai_ctl.config import (
+        REDIS_SERVER_PORT_KEYS,
+        SENTINEL_PORT_KEYS,
+        connect_host,
+        ha_active,
+    )
+
+    env = {key: s.value for key, s in config.settings.items()}
+    url = config.redis_url()
+    if env.get("ATENDEAI_REDIS_SENTINELS") or env.get("ATENDEAI_REDIS_URL"):
+        return RedisTarget.from_env(env, url=url)
+    if not ha_active(config.settings):
+        return RedisTarget.from_env(env, url=url)
+    host = connect_host(config.require("ATENDEAI_BIND"))
+    env["ATENDEAI_REDIS_SENTINELS"] = ",".join(
+        f"{host}:{config.port(key)}" for key in SENTINEL_PORT_KEYS
+    )
+    address_map = {
+        (name, 6379): (host, config.port(key)) for name, key in REDIS_SERVER_PORT_KEYS.items()
+    }
+    return RedisTarget.from_env(env, url=url, address_map=address_map)

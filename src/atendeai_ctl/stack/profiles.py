@@ -41,7 +41,8 @@ def parse_profiles(text: str) -> tuple[str, ...]:
 
 
 def select_profiles(spec: StackSpec, active: Iterable[str]) -> StackSpec:
-    """The services `up` starts: those without `profiles`, and those with an active one.
+    """The services `up` starts: those without `profiles`, and those with an active one, and
+    the named volumes they mount.
 
     Done once, before any runtime sees the spec, so both runtimes start the same set. A
     service that is started but depends on one that is not is an error (Compose would start
@@ -64,4 +65,7 @@ def select_profiles(spec: StackSpec, active: Iterable[str]) -> StackSpec:
                     f"service {svc.name} depends on {dep}, which is only in profile {needed}",
                     f"add --profile {spec.services[dep].profiles[0]} (or ATENDEAI_PROFILES)",
                 )
-    return replace(spec, services=services)
+    # Named volumes only of the services that start: an optional profile's data volume
+    # (promdata, a replica's) is created when its profile is first used, not on every `up`.
+    used = {m.source for svc in services.values() for m in svc.mounts if m.kind == "volume"}
+    return replace(spec, services=services, volumes=tuple(v for v in spec.volumes if v in used))
