@@ -1,4 +1,4 @@
-"""`atendeai up | down | status | logs | build`: the stack commands, at the top level."""
+"""`atendeai up | down | status | logs | build | rollout`: the stack commands, at the top level."""
 
 from __future__ import annotations
 
@@ -41,6 +41,18 @@ ProfileOption = Annotated[
 ]
 
 
+ScaleOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scale",
+        metavar="SCALE",
+        help="SERVICE=N, e.g. auth=3: run N replicas of SERVICE (repeatable); replica k "
+        "publishes the port + k - 1. Wins over ATENDEAI_AUTH_REPLICAS.",
+        show_default=False,
+    ),
+]
+
+
 def _config(project_dir: object, profiles: list[str] | None = None) -> Config:
     overrides = {"ATENDEAI_PROJECT_DIR": str(project_dir) if project_dir else None}
     if profiles:
@@ -52,6 +64,7 @@ def _config(project_dir: object, profiles: list[str] | None = None) -> Config:
 
 def up(
     profile: ProfileOption = None,
+    scale: ScaleOption = None,
     project_dir: ProjectDirOption = None,
     runtime: RuntimeOption = None,
     timeout: TimeoutOption = None,
@@ -63,11 +76,16 @@ def up(
     from atendeai_ctl.stack import orchestrator
     from atendeai_ctl.stack.profiles import select_profiles
     from atendeai_ctl.stack.project import job_checks, load_stack, open_runtime, prepare_state
+    from atendeai_ctl.stack.scale import apply_scale, parse_scale, settings_scale
 
     cfg = _config(project_dir, profile)
+    wanted, asked = settings_scale(cfg.get), parse_scale(scale or [])
     with cfg.state.lock("up", wait=not no_wait, on_wait=info):
         cfg = prepare_state(cfg)
         spec = select_profiles(load_stack(cfg), active_profiles(cfg))
+        # A setting for a service this compose file lacks is moot; a flag for one is an error.
+        counts = {name: n for name, n in wanted.items() if name in spec.services}
+        spec = apply_scale(spec, {**counts, **asked})
         engine = open_runtime(cfg, runtime, say=info)
         seconds = timeout if timeout is not None else float(cfg.get("ATENDEAI_TIMEOUT") or 120)
         with LiveProgress(list(spec.services)) as live:
@@ -111,27 +129,63 @@ def down(
         bool, typer.Option("--volumes", "-v", help="Also delete the data volumes.")
     ] = False,
     yes: YesOption = False,
+    no_backup: Annotated[
+        bool,
+        typer.Option(
+            "--no-backup",
+            help="With --volumes: delete the data without taking and verifying a backup first.",
+        ),
+    ] = False,
     project_dir: ProjectDirOption = None,
     runtime: RuntimeOption = None,
     no_wait: NoWaitOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Stop and remove the stack's containers and network (data stays unless --volumes)."""
+    """Stop and remove the stack's containers and network (data stays unless --volumes).
+
+    With --volumes a backup is taken and verified first (into ATENDEAI_BACKUP_DIR); when that
+    fails, nothing is stopped or deleted and the exit status is 1.
+    """
     from atendeai_ctl.stack.project import load_stack, open_runtime
 
     cfg = _config(project_dir)
     if volumes:
         confirm(f"Delete all data of project {cfg.project!r} (volumes)?", yes=yes)
+    backup: dict[str, object] | None = None
     with cfg.state.lock("down", wait=not no_wait, on_wait=info):
         cfg = cfg.with_secrets(generate=True)
         spec = load_stack(cfg)
+        if volumes and not no_backup:
+            backup = _backup_before_deleting(cfg)
         removed = open_runtime(cfg, runtime).down(spec, volumes=volumes)
     if as_json:
-        print_json({"schema": 1, "project": cfg.project, "removed": removed})
+        print_json({"schema": 1, "project": cfg.project, "removed": removed, "backup": backup})
         return
     for item in removed:
         info(f"removed {item}")
     info(f"{cfg.project} is down" + ("; its data is deleted" if volumes else "; data kept"))
+
+
+def _backup_before_deleting(cfg: Config) -> dict[str, object]:
+    """A verified backup of the stack's database, or AtendeaiError: `down --volumes` must
+    not delete data it could not save."""
+    from atendeai_ctl.cli.db import backups_dir
+    from atendeai_ctl.db.backup import backup_and_verify
+
+    info("taking and verifying a backup before deleting the data (--no-backup skips it)")
+    try:
+        taken, report = backup_and_verify(
+            cfg.database_url(), backups_dir(cfg), project=cfg.project, reason="pre-down"
+        )
+    except AtendeaiError as err:
+        raise AtendeaiError(
+            "failed",
+            f"no backup before deleting the data, so nothing was deleted: {err.message}",
+            "start the stack (`atendeai up`) so its database can be backed up, or pass"
+            " --no-backup to delete the data without one",
+        ) from None
+    info(f"backup {taken.path} verified ({report.seconds:.1f}s)")
+    return {"file": str(taken.path), "verified": report.ok, "revision": report.revision}
 
 
 def _uptime(started_at: str | None) -> str:
@@ -166,6 +220,10 @@ def _status(project_dir: object, runtime: str | None, as_json: bool) -> int:
     cfg = _config(project_dir).with_secrets(generate=True)
     spec = load_stack(cfg)
     report = orchestrator.status(spec, open_runtime(cfg, runtime), project=cfg.project)
+    if "backup" in spec.services:
+        from atendeai_ctl.stack.backup_status import backup_warnings
+
+        report.warnings += backup_warnings(cfg, {s.name for s in report.services})
     if as_json:
         print_json(report.to_dict())
     else:
@@ -180,6 +238,8 @@ def _status(project_dir: object, runtime: str | None, as_json: bool) -> int:
             for s in report.services
         ]
         table(("service", "state", "health", "ports", "uptime"), rows)
+        for warning in report.warnings:
+            info(f"warning: {warning}")
     return 0 if report.ok else 3
 
 
@@ -212,7 +272,9 @@ def status_shortcut(args: Sequence[str]) -> int | None:
 
 
 def logs(
-    service: Annotated[str, typer.Argument(help="The service whose logs to show.")],
+    service: Annotated[
+        str, typer.Argument(help="The service whose logs to show (`auth-2`: its replica 2).")
+    ],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,
     tail: Annotated[
         int | None, typer.Option("--tail", "-n", help="Only the last N lines.", min=0)
@@ -225,7 +287,9 @@ def logs(
 
     cfg = _config(project_dir).with_secrets(generate=True)
     spec = load_stack(cfg)
-    if service not in spec.services:
+    name, _, number = service.rpartition("-")
+    replica = name in spec.services and number.isdigit()  # `auth-2`: replica 2 of auth
+    if service not in spec.services and not replica:
         raise AtendeaiError(
             "not_found", f"no service {service!r}", f"services: {', '.join(spec.services)}"
         )
@@ -233,6 +297,60 @@ def logs(
     for chunk in open_runtime(cfg, runtime).logs(service, tail=tail, follow=follow):
         out.write(chunk)
         out.flush()
+
+
+def rollout(
+    service: Annotated[str, typer.Argument(help="The service whose replicas to replace.")],
+    project_dir: ProjectDirOption = None,
+    runtime: RuntimeOption = None,
+    timeout: TimeoutOption = None,
+    no_wait: NoWaitOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Replace a service's replicas one at a time with its current image and configuration.
+
+    A new replica must be ready (and in the gateway's pool) before an old one is drained.
+    One that never gets ready is removed, the old ones keep serving, and the exit code is 1.
+    """
+    from atendeai_ctl.stack import rollout as rollouts
+    from atendeai_ctl.stack.project import load_stack, open_runtime, prepare_state
+
+    cfg = _config(project_dir)
+    with cfg.state.lock("rollout", wait=not no_wait, on_wait=info):
+        cfg = prepare_state(cfg)
+        spec = load_stack(cfg)
+        engine = open_runtime(cfg, runtime, say=info)
+        seconds = timeout if timeout is not None else float(cfg.get("ATENDEAI_TIMEOUT") or 120)
+        report = rollouts.rollout(
+            spec,
+            engine,
+            service,
+            project=cfg.project,
+            timeout=seconds,
+            on_step=lambda copy, what: info(f"{copy}: {what}"),
+        )
+    if as_json:
+        print_json(report.to_dict())
+        if report.failure is not None:
+            raise typer.Exit(1)
+        return
+    if report.failure is not None:
+        failure = report.failure
+        info(f"--- {failure.service}: last {len(failure.logs)} log lines ---")
+        for line in failure.logs:
+            info(line)
+        if failure.health_output:
+            info(f"--- {failure.service}: health check output ---\n{failure.health_output}")
+        raise AtendeaiError(
+            "failed",
+            f"rollout of {service} stopped: {failure.service} {failure.reason}; "
+            f"{len(report.replaced)} of {len(report.replicas)} replicas replaced",
+            failure.hint or "the replicas that were serving keep serving",
+        )
+    info(
+        f"{service}: {len(report.replaced)} replicas replaced in {report.seconds:.1f}s "
+        f"(gateway: {report.gateway})"
+    )
 
 
 def build(project_dir: ProjectDirOption = None) -> None:
@@ -258,6 +376,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "atendeai up",
             "atendeai up --profile edge",
+            "atendeai up --profile edge --scale auth=3",
             "atendeai up --runtime local --timeout 300",
             "atendeai up --json",
         ),
@@ -267,4 +386,7 @@ def register(app: typer.Typer) -> None:
         "status", epilog=examples("atendeai status", "atendeai status --json | jq .services")
     )(status)
     app.command("logs")(logs)
+    app.command(
+        "rollout", epilog=examples("atendeai rollout auth", "atendeai rollout auth --json")
+    )(rollout)
     app.command("build")(build)

@@ -30,6 +30,7 @@ PROJECT = "com.docker.compose.project"
 SERVICE = "com.docker.compose.service"
 CONFIG_HASH = "com.docker.compose.config-hash"
 ONEOFF = "com.docker.compose.oneoff"
+NUMBER = "com.docker.compose.container-number"
 # docker-compose 1.x compares this label with 1.21.0 on every container of the project and
 # crashes when it is missing; it names the Compose generation whose labels these follow.
 VERSION = "com.docker.compose.version"
@@ -99,8 +100,8 @@ class DockerRuntime:
         return self.client.api
 
     # names -------------------------------------------------------------------------------
-    def container_name(self, service: str) -> str:
-        return f"{self.project}-{service}-1"
+    def container_name(self, service: str, number: int = 1) -> str:
+        return f"{self.project}-{service}-{number}"
 
     def volume_name(self, volume: str) -> str:
         return f"{self.project}_{volume}"
@@ -126,8 +127,10 @@ class DockerRuntime:
     def _containers(self) -> list[dict[str, Any]]:
         return self._list([f"{PROJECT}={self.project}"])
 
-    def _container(self, service: str) -> dict[str, Any] | None:
-        found = self._list([f"{PROJECT}={self.project}", f"{SERVICE}={service}"])
+    def _container(self, service: str, number: int = 1) -> dict[str, Any] | None:
+        found = self._list(
+            [f"{PROJECT}={self.project}", f"{SERVICE}={service}", f"{NUMBER}={number}"]
+        )
         return found[0] if found else None
 
     # preflight ---------------------------------------------------------------------------
@@ -145,7 +148,7 @@ class DockerRuntime:
             if c["State"] == "running"
             for binding in self._bindings(c["Id"])
         }
-        for service in spec.services.values():
+        for service in (c for s in spec.services.values() for c in s.instances()):
             for port in service.ports:
                 if (port.host_ip, port.host_port) in ours or port_is_free(
                     port.host_ip, port.host_port
@@ -282,7 +285,7 @@ class DockerRuntime:
 
     def ensure(self, spec: StackSpec, service: Service) -> EnsureResult:
         wanted = self._hash(service)
-        existing = self._container(service.name)
+        existing = self._container(service.name, service.replica)
         if existing is not None:
             if existing["Labels"].get(CONFIG_HASH) == wanted:
                 return "unchanged"
@@ -328,7 +331,7 @@ class DockerRuntime:
             PROJECT: self.project,
             VERSION: COMPOSE_VERSION,
             SERVICE: service.name,
-            "com.docker.compose.container-number": "1",
+            NUMBER: str(service.replica),
             ONEOFF: "False",
             CONFIG_HASH: config_hash,
             "com.docker.compose.project.config_files": str(spec.path),
@@ -340,7 +343,7 @@ class DockerRuntime:
         }
         self.api.create_container(
             image=service.image,
-            name=self.container_name(service.name),
+            name=self.container_name(service.name, service.replica),
             command=list(service.command) if service.command is not None else None,
             entrypoint=list(service.entrypoint) if service.entrypoint is not None else None,
             environment=service.env,
@@ -357,16 +360,16 @@ class DockerRuntime:
         )
 
     def start(self, service: Service) -> None:
-        container = self._container(service.name)
+        container = self._container(service.name, service.replica)
         if container is None:
-            raise AtendeaiError("not_found", f"no container for service {service.name}")
+            raise AtendeaiError("not_found", f"no container for service {service.instance_name}")
         self.api.start(container["Id"])
 
     def probe(self, service: Service) -> ProbeResult:
         from_host = self._probe_from_host(service)
         if from_host is not None:
             return from_host
-        container = self._container(service.name)
+        container = self._container(service.name, service.replica)
         if container is None or service.healthcheck is None:
             return ProbeResult(False, "no container" if container is None else "no healthcheck")
         test = service.healthcheck.test
@@ -393,6 +396,8 @@ class DockerRuntime:
         check = local.get("probe") if isinstance(local, dict) else None
         if not isinstance(check, dict) or "http" not in check or not service.ports:
             return None
+        if "port" in check:  # a port of the local runtime's own (the gateway's internal one)
+            return None
         from atendeai_ctl.config import connect_host
         from atendeai_ctl.stack import probes
 
@@ -402,10 +407,12 @@ class DockerRuntime:
         )
 
     def inspect(self, service: Service) -> ServiceStatus:
-        container = self._container(service.name)
+        container = self._container(service.name, service.replica)
         info = self._inspect(container["Id"]) if container is not None else None
         if info is None:
-            return ServiceStatus(service.name, "missing")
+            return ServiceStatus(
+                service.instance_name, "missing", service=service.name, replica=service.replica
+            )
         state = info["State"]
         health: Health = "none"
         if state.get("Health"):
@@ -417,7 +424,9 @@ class DockerRuntime:
         ]
         running = state["Status"] == "running"
         return ServiceStatus(
-            name=service.name,
+            name=service.instance_name,
+            service=service.name,
+            replica=service.replica,
             state=state["Status"],
             health=health if running else "none",
             ports=ports,
@@ -430,7 +439,7 @@ class DockerRuntime:
         )
 
     def health_log(self, service: Service) -> str:
-        container = self._container(service.name)
+        container = self._container(service.name, service.replica)
         if container is None:
             return ""
         health = (self._inspect(container["Id"]) or {"State": {}})["State"].get("Health") or {}
@@ -439,6 +448,9 @@ class DockerRuntime:
 
     def logs(self, service: str, *, tail: int | None, follow: bool) -> Iterator[bytes]:
         container = self._container(service)
+        name, _, number = service.rpartition("-")
+        if container is None and name and number.isdigit():
+            container = self._container(name, int(number))  # `auth-2`: replica 2
         if container is None:
             raise AtendeaiError(
                 "not_found", f"service {service} has no container", "run `atendeai up` first"
@@ -453,17 +465,16 @@ class DockerRuntime:
 
         from atendeai_ctl.stack.graph import levels
 
-        containers = {c["Labels"].get(SERVICE, ""): c for c in self._containers()}
+        containers: dict[str, list[dict[str, Any]]] = {}
+        for found in self._containers():
+            containers.setdefault(found["Labels"].get(SERVICE, ""), []).append(found)
         removed: list[str] = []
         order = list(reversed(levels(spec)))
         leftovers = [name for name in containers if name not in spec.services]
         if leftovers:
             order.insert(0, leftovers)
 
-        def stop(name: str) -> str | None:
-            container = containers.get(name)
-            if container is None:
-                return None
+        def stop(container: dict[str, Any]) -> str:
             if container["State"] in ("running", "restarting", "paused"):
                 self.api.stop(container["Id"])
             self.api.remove_container(container["Id"], force=True)
@@ -471,7 +482,8 @@ class DockerRuntime:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             for level in order:
-                removed += [n for n in pool.map(stop, level) if n]
+                copies = [c for name in level for c in containers.get(name, [])]
+                removed += sorted(pool.map(stop, copies))
         for net in self.api.networks(filters={"label": [f"{PROJECT}={self.project}"]}):
             self.api.remove_network(net["Id"])
             removed.append(f"network {net['Name']}")
@@ -481,6 +493,62 @@ class DockerRuntime:
                 self.api.remove_volume(vol["Name"])
                 removed.append(f"volume {vol['Name']}")
         return removed
+
+    # replicas ----------------------------------------------------------------------------
+    def replicas(self, service: Service) -> list[int]:
+        found = self._list([f"{PROJECT}={self.project}", f"{SERVICE}={service.name}"])
+        numbers = {int(c["Labels"].get(NUMBER) or 1) for c in found}
+        return sorted(numbers)
+
+    def remove(self, service: Service, *, grace: float) -> None:
+        container = self._container(service.name, service.replica)
+        if container is None:
+            return
+        from docker.errors import APIError, NotFound
+
+        try:
+            if container["State"] in ("running", "restarting", "paused"):
+                self.api.stop(container["Id"], timeout=max(1, round(grace)))
+            self.api.remove_container(container["Id"], force=True)
+        except NotFound:
+            return
+        except APIError as exc:
+            raise AtendeaiError(
+                "failed", f"cannot remove {service.instance_name}: {exc.explanation or exc}"
+            ) from exc
+
+    def address(self, service: Service) -> str | None:
+        """The copy's address on the project network and its first container port: what the
+        gateway's DNS-found server slot for it holds."""
+        container = self._container(service.name, service.replica)
+        info = self._inspect(container["Id"]) if container is not None else None
+        if info is None or not service.ports:
+            return None
+        networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+        for network in networks.values():
+            if network.get("IPAddress"):
+                return f"{network['IPAddress']}:{service.ports[0].target}"
+        return None
+
+    def admin(self, service: Service, port: int, command: str) -> str | None:
+        """Through an exec of bash's /dev/tcp in the container: the port is internal (not
+        published), and the gateway image has bash but no socat or nc. The command goes in
+        as an argument, never into the script."""
+        container = self._container(service.name, service.replica)
+        if container is None or container["State"] != "running":
+            return None
+        script = f'exec 3<>/dev/tcp/127.0.0.1/{int(port)} && printf "%s\\n" "$1" >&3 && cat <&3'
+        from docker.errors import APIError
+
+        try:
+            exec_id = self.api.exec_create(container["Id"], ["bash", "-c", script, "-", command])
+            output = self.api.exec_start(exec_id["Id"])
+            code = self.api.exec_inspect(exec_id["Id"])["ExitCode"]
+        except APIError:
+            return None
+        if code != 0:
+            return None
+        return output.decode(errors="replace") if isinstance(output, bytes) else str(output)
 
 
 def _ipam(subnet: str | None) -> Any:

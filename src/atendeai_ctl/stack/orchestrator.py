@@ -20,7 +20,15 @@ from atendeai_ctl.stack.runtime import Progress, Runtime, ServiceStatus
 from atendeai_ctl.stack.spec import Service, StackSpec
 
 Phase = Literal[
-    "creating", "waiting", "starting", "healthy", "started", "completed", "current", "failed"
+    "creating",
+    "waiting",
+    "starting",
+    "healthy",
+    "started",
+    "completed",
+    "current",
+    "failed",
+    "scaling",
 ]
 OnEvent = Callable[[str, Phase, float, str], None]
 """(service, phase, seconds since up began, detail)."""
@@ -103,6 +111,9 @@ class StatusReport:
     runtime: str
     services: list[ServiceStatus]
     one_shot: frozenset[str] = frozenset()
+    warnings: list[str] = field(default_factory=list)
+    """Worth an operator's attention, not a failure: the exit status ignores them (e.g. a
+    scheduled backup that is late, stack/backup_status.py)."""
 
     def healthy(self, status: ServiceStatus) -> bool:
         if status.name in self.one_shot:
@@ -119,6 +130,7 @@ class StatusReport:
             "project": self.project,
             "runtime": self.runtime,
             "services": [s.to_dict() for s in self.services],
+            "warnings": list(self.warnings),
         }
 
 
@@ -202,28 +214,52 @@ class _Up:
     def run(self, name: str) -> None:
         service = self.spec.services[name]
         result = self.results[name]
+        copies = service.instances()
         try:
             self.emit(name, "creating")
-            result.action = self.runtime.ensure(self.spec, service)
+            actions = [self.runtime.ensure(self.spec, copy) for copy in copies]
+            result.action = next((a for a in actions if a != "unchanged"), "unchanged")
             if not self.wait_for_dependencies(service):
                 return
-            status = self.runtime.inspect(service)
             if name in self.one_shot:
-                return self.run_job(service, status)
-            if status.state != "running":
-                self.emit(name, "starting")
-                self.runtime.start(service)
-            elif status.health == "healthy":
+                return self.run_job(service, self.runtime.inspect(service))
+            pending = []
+            for copy in copies:
+                status = self.runtime.inspect(copy)
+                if status.state != "running":
+                    self.emit(name, "starting", "" if len(copies) == 1 else copy.instance_name)
+                    self.runtime.start(copy)
+                    pending.append(copy)
+                elif status.health != "healthy":
+                    pending.append(copy)
                 # Already running, and the engine's own healthcheck passed: a probe would only
                 # say it again (the auth probe starts a Python process in the container).
-                self.started[name].set()
-                return self.done(service, "healthy")
             self.started[name].set()
-            self.await_ready(service)
+            if not pending:
+                self.done(service, "healthy")
+            for copy in pending:
+                self.await_ready(copy)
+                if self.abort.is_set():
+                    return
+            self.scale_down(service)
         except AtendeaiError as exc:
             self.fail(service, exc.message, hint=exc.hint, raised=True)
         except Exception as exc:  # an engine error mid-way must still end in a report
             self.fail(service, f"{type(exc).__name__}: {exc}", raised=True)
+
+    def scale_down(self, service: Service) -> None:
+        """Copies beyond the wanted count go, highest number first, each drained first (out
+        of the gateway's pool, in-flight requests finished) once the wanted ones are ready."""
+        surplus = [n for n in self.runtime.replicas(service) if n > service.replicas]
+        if not surplus:
+            return
+        from atendeai_ctl.stack.rollout import retire
+
+        for number in sorted(surplus, reverse=True):
+            copy = service.instance(number)
+            self.emit(service.name, "scaling", f"draining {copy.instance_name}")
+            retire(self.spec, self.runtime, copy)
+        self.emit(service.name, self.results[service.name].result)  # type: ignore[arg-type]
 
     def run_job(self, service: Service, status: ServiceStatus) -> None:
         """A one-shot job runs again on every `up`, unless its work is already done: then an
@@ -326,9 +362,18 @@ def status(spec: StackSpec, runtime: Runtime, *, project: str) -> StatusReport:
             current.health = "healthy" if runtime.probe(service).ok else "starting"
         return current
 
+    def copies(service: Service) -> list[Service]:
+        """Each copy that exists (replica 1 alone, as `missing`, when none does)."""
+        return [service.instance(n) for n in runtime.replicas(service) or [1]]
+
     with ThreadPoolExecutor(max_workers=max(1, len(spec.services))) as pool:
-        services = list(pool.map(one, spec.services.values()))
+        every = [c for group in pool.map(copies, spec.services.values()) for c in group]
+        services = list(pool.map(one, every))
     # A service behind a profile counts once it exists, whatever profile started it; absent,
     # it was simply not asked for.
-    services = [s for s in services if s.state != "missing" or not spec.services[s.name].profiles]
+    services = [
+        s
+        for s in services
+        if s.state != "missing" or not spec.services[s.service or s.name].profiles
+    ]
     return StatusReport(project, runtime.name, services, one_shot_services(spec))

@@ -29,7 +29,7 @@ class PublishedPort:
 
 @dataclass
 class ServiceStatus:
-    name: str
+    name: str  # the copy's name: `auth`, or `auth-2` for replica 2 (Service.instance_name)
     state: State
     health: Health = "none"
     ports: list[PublishedPort] = field(default_factory=list)
@@ -37,10 +37,14 @@ class ServiceStatus:
     started_at: str | None = None
     exit_code: int | None = None
     restarts: int = 0
+    service: str | None = None  # the compose service, when the name is a replica's
+    replica: int = 1
 
     def to_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "service": self.service or self.name,
+            "replica": self.replica,
             "state": self.state,
             "health": self.health,
             "ports": [p.to_dict() for p in self.ports],
@@ -85,3 +89,17 @@ class Runtime(Protocol):
 
     def down(self, spec: StackSpec, *, volumes: bool) -> list[str]:
         """Stop and remove the project's services (and data with `volumes`); what was removed."""
+
+    # Replicas: every method above acts on the copy `service.replica` names (Service.instance).
+    def replicas(self, service: Service) -> list[int]:
+        """The numbers of the service's copies that exist now (running or not), ascending."""
+
+    def remove(self, service: Service, *, grace: float) -> None:
+        """Stop this copy (its stop signal, then SIGKILL after `grace` s) and remove it."""
+
+    def address(self, service: Service) -> str | None:
+        """`host:port` where the gateway reaches this copy (None: it does not exist)."""
+
+    def admin(self, service: Service, port: int, command: str) -> str | None:
+        """One line to a TCP port the service listens on internally (HAProxy's runtime API),
+        the answer read to its end; None when the service does not run."""

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,10 +100,32 @@ class Service:
     extensions: Mapping[str, Any] = field(default_factory=dict)
     profiles: tuple[str, ...] = ()  # empty: always on
     ipv4_address: str | None = None  # a fixed address on the project network
+    # How many copies run (stack/scale.py sets it), and which copy this object stands for:
+    # replica k is container `<project>-<name>-k` (local record `<name>-k`, k > 1) and
+    # publishes each port at host_port + k - 1, the same rule on every runtime.
+    replicas: int = 1
+    replica: int = 1
 
     @property
     def env(self) -> dict[str, str]:
         return dict(self.environment)
+
+    @property
+    def instance_name(self) -> str:
+        """`auth` for the first copy (the name a single-replica stack always had), `auth-k`
+        for the others: how status rows, local pid records and logs tell them apart."""
+        return self.name if self.replica == 1 else f"{self.name}-{self.replica}"
+
+    def instance(self, number: int) -> Service:
+        """Replica `number` of this service: its own number and published ports."""
+        if number == self.replica:
+            return self
+        base = self.replica - 1
+        ports = tuple(replace(p, host_port=p.host_port - base + number - 1) for p in self.ports)
+        return replace(self, replica=number, ports=ports)
+
+    def instances(self) -> list[Service]:
+        return [self.instance(k) for k in range(1, self.replicas + 1)]
 
     def config_hash(self) -> str:
         """Like Compose's com.docker.compose.config-hash: changes iff the service's config does."""
@@ -112,6 +134,9 @@ class Service:
         # Which profile starts a service is not its configuration; and a field at its default
         # stays out, so a stack that does not use it keeps its hashes (no recreation).
         del document["profiles"]
+        # Nor how many copies run, or which copy this is: scaling leaves the running ones
+        # alone, and every replica is the same configuration (its ports aside).
+        del document["replicas"], document["replica"]
         if self.ipv4_address is None:
             del document["ipv4_address"]
         for mount in document["mounts"]:
