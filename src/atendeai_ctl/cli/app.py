@@ -26,6 +26,7 @@ from atendeai_ctl.cli import (
     db,
     migrate,
     stack,
+    swarm,
     token,
     top,
     user,
@@ -69,6 +70,7 @@ app.add_typer(clinic.app, name="clinic")
 app.add_typer(user.app, name="user")
 app.add_typer(token.app, name="token")
 app.add_typer(audit.app, name="audit")
+app.add_typer(swarm.app, name="swarm")
 
 
 def _from_engine(exc: Exception) -> AtendeaiError | None:

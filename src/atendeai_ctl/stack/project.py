@@ -9,7 +9,7 @@ from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.stack.runtime import Runtime
 from atendeai_ctl.stack.spec import Service, StackSpec, load_spec, published_address
 
-RUNTIMES = ("auto", "docker", "local")
+RUNTIMES = ("auto", "docker", "local", "swarm")
 DONE_WHEN = ("schema_at_head",)
 """What `x-atendeai.done_when` of a one-shot job may say: its work is already done when..."""
 AUTO_PING_TIMEOUT = 3
@@ -39,6 +39,11 @@ def open_runtime(
 
     if choice == "docker":
         return DockerRuntime(config.project)
+    if choice == "swarm":
+        # Never chosen by `auto`: deploying onto a cluster is asked for by name.
+        from atendeai_ctl.stack.swarm_runtime import SwarmRuntime
+
+        return SwarmRuntime.from_config(config)
     local = LocalRuntime.from_config(config)
     if choice == "local":
         return local
@@ -64,6 +69,15 @@ def prepare_state(config: Config) -> Config:
 
     config = config.with_secrets(generate=True)
     ensure_signing_key(Path(config.require("ATENDEAI_JWT_KEYS_DIR")))
+    # Made here, private and the operator's, before the `backup` service bind-mounts it (the
+    # engine would create it owned by root).
+    backups = Path(config.require("ATENDEAI_BACKUP_DIR"))
+    try:
+        backups.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AtendeaiError(
+            "failed", f"cannot create ATENDEAI_BACKUP_DIR {backups}: {exc.strerror or exc}"
+        ) from None
     return config
 
 

@@ -1,0 +1,76 @@
+"""The swarm itself: is this engine a manager, which node holds the data, `swarm init`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from atendeai_ctl.errors import AtendeaiError
+from atendeai_ctl.stack.docker_runtime import connect
+from atendeai_ctl.stack.engine import docker_host
+from atendeai_ctl.stack.swarm_convert import DATA_LABEL
+
+if TYPE_CHECKING:
+    import docker
+
+
+def manager_node(client: docker.DockerClient) -> str:
+    """This engine's node id; it must be a swarm manager (only managers take services)."""
+    swarm = client.info().get("Swarm") or {}
+    if swarm.get("LocalNodeState") != "active":
+        raise AtendeaiError(
+            "unavailable",
+            f"the Docker engine at {docker_host()} is not part of a swarm",
+            "run `atendeai swarm init` (a one-node swarm) or point DOCKER_HOST at a manager",
+        )
+    if not swarm.get("ControlAvailable"):
+        raise AtendeaiError(
+            "unavailable",
+            f"the Docker engine at {docker_host()} is a swarm worker, not a manager",
+            "point DOCKER_HOST at a manager (`docker node ls` on one lists them)",
+        )
+    return str(swarm["NodeID"])
+
+
+def ensure_data_node(client: docker.DockerClient) -> str:
+    """The node postgres and redis are pinned to: one labelled atendeai.data=true, else this
+    manager (labelled now). Its hostname."""
+    node_id = manager_node(client)
+    nodes = client.api.nodes()
+    labelled = [n for n in nodes if (n["Spec"].get("Labels") or {}).get(DATA_LABEL) == "true"]
+    if labelled:
+        return str(labelled[0]["Description"]["Hostname"])
+    node = client.api.inspect_node(node_id)
+    spec = dict(node["Spec"])
+    spec["Labels"] = {**(spec.get("Labels") or {}), DATA_LABEL: "true"}
+    client.api.update_node(node_id, node["Version"]["Index"], spec)
+    return str(node["Description"]["Hostname"])
+
+
+def init_swarm(advertise_addr: str | None = None) -> dict[str, object]:
+    """A one-node swarm on the engine DOCKER_HOST names (kept if it is already a manager),
+    with this node as the data node."""
+    from docker.errors import APIError
+
+    client = connect()
+    local = (client.info().get("Swarm") or {}).get("LocalNodeState")
+    created = local != "active"
+    if created:
+        try:
+            client.swarm.init(advertise_addr=advertise_addr)
+        except APIError as exc:
+            raise AtendeaiError(
+                "failed",
+                f"swarm init refused: {exc.explanation or exc}",
+                "pass --advertise-addr with the address other nodes reach this one at",
+            ) from exc
+    node_id = manager_node(client)
+    data = ensure_data_node(client)
+    info = client.info()["Swarm"]
+    return {
+        "schema": 1,
+        "created": created,
+        "node_id": node_id,
+        "manager_address": (info.get("RemoteManagers") or [{}])[0].get("Addr"),
+        "data_node": data,
+        "engine": docker_host(),
+    }

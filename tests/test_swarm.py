@@ -1,0 +1,354 @@
+"""`--runtime swarm` on a real swarm: Docker engines in containers (tests/swarm_helpers.py).
+
+Never the host engine: it is shared, and a swarm init there would change it for everyone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.stack_helpers import Project, new_project, secrets
+from tests.swarm_helpers import (
+    Cluster,
+    node_objects,
+    require_swarm,
+    stack_images,
+    start_cluster,
+    start_engine,
+)
+
+pytestmark = pytest.mark.docker
+
+PASSWORD = "correct horse battery staple 42"
+
+
+@pytest.fixture(scope="module")
+def one_node() -> Iterator[Cluster]:
+    require_swarm()
+    cluster = start_cluster(1, images=stack_images())
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def _project(tmp_path: Path, cluster: Cluster) -> Project:
+    return new_project(tmp_path, prefix="sw", ATENDEAI_RUNTIME="swarm", **cluster.env())
+
+
+def _admin(cluster: Cluster, project: Project, script: str, **env: str) -> str:
+    """The admin CLI inside the auth task (the stack's databases publish no port in a swarm),
+    as the database owner; secrets through the environment, never argv."""
+    label = {"label": f"com.docker.swarm.service.name={project.name}_auth"}
+    container = next(
+        c for node in cluster.nodes for c in cluster.client(node).containers.list(filters=label)
+    )
+    owner = secrets(project)["ATENDEAI_POSTGRES_PASSWORD"]
+    done = container.exec_run(
+        ["sh", "-c", script],
+        environment={
+            "ATENDEAI_DATABASE_URL": f"postgresql://atendeai:{owner}@postgres:5432/atendeai",
+            "ATENDEAI_STATE_DIR": "/tmp/atendeai",
+            **env,
+        },
+    )
+    output = done.output.decode(errors="replace")
+    assert done.exit_code == 0, output
+    return output
+
+
+def _login(cluster: Cluster, project: Project, node: str | None = None) -> httpx.Response:
+    url = f"http://{cluster.address(node)}:{project.env['ATENDEAI_AUTH_PORT']}"
+    body = {"clinic": "alpha", "email": "ana@alpha.test", "password": PASSWORD}
+    return httpx.post(f"{url}/auth/login", json=body, timeout=30)
+
+
+def test_refuses_an_engine_outside_a_swarm(tmp_path: Path) -> None:
+    """The host engine is in no swarm (and is never made one): one line, nothing created."""
+    project = new_project(tmp_path, prefix="sw")
+    done = project.run("up", "--runtime", "swarm", extra_env={"DOCKER_HOST": ""})
+    assert done.returncode == 1, done.stderr
+    assert "is not part of a swarm" in done.stderr
+    assert "atendeai swarm init" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_swarm_init_makes_a_one_node_swarm_once(tmp_path: Path) -> None:
+    require_swarm()
+    engine = start_engine()
+    try:
+        project = new_project(tmp_path, prefix="sw", images=False)
+        where = {"DOCKER_HOST": engine.docker_host()}
+        done = project.run("swarm", "init", "--json", extra_env=where)
+        assert done.returncode == 0, done.stderr
+        first = json.loads(done.stdout)
+        assert first["created"] is True and first["data_node"] == engine.manager
+        [node] = engine.client().nodes.list()
+        assert node.attrs["Spec"]["Labels"] == {"atendeai.data": "true"}
+        assert node.attrs["Spec"]["Role"] == "manager"
+        again = json.loads(project.run("swarm", "init", "--json", extra_env=where).stdout)
+        assert again["created"] is False and again["node_id"] == first["node_id"]
+    finally:
+        engine.remove()
+
+
+def test_one_node_up_status_login_down(tmp_path: Path, one_node: Cluster) -> None:
+    project = _project(tmp_path, one_node)
+    try:
+        done = project.run("up", "--json", timeout=400)
+        report = json.loads(done.stdout)
+        assert done.returncode == 0, (report.get("failure"), done.stderr)
+        assert report["runtime"] == "swarm"
+        results = {s["name"]: s["result"] for s in report["services"]}
+        assert results == {
+            "postgres": "healthy",
+            "redis": "healthy",
+            "migrate": "completed",
+            "auth": "healthy",
+        }
+
+        # What `docker stack` sees: the namespace label on every service.
+        manager = one_node.client()
+        namespace = {"label": f"com.docker.stack.namespace={project.name}"}
+        services = manager.services.list(filters=namespace)
+        assert sorted(s.name for s in services) == [
+            f"{project.name}_{n}" for n in ("auth", "migrate", "postgres", "redis")
+        ]
+        specs = {s.name.split("_", 1)[1]: s.attrs["Spec"] for s in services}
+        assert specs["migrate"]["Mode"] == {
+            "ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}
+        }
+        assert specs["migrate"]["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
+        assert specs["auth"]["EndpointSpec"]["Mode"] == "dnsrr"
+        assert specs["auth"]["EndpointSpec"]["Ports"][0]["PublishMode"] == "host"
+        # auth publishes its port in host mode (nothing in front of it): stop-first, since a
+        # second task could not bind the port on the node; see docs/swarm.md.
+        assert specs["auth"]["UpdateConfig"]["Order"] == "stop-first"
+        assert specs["auth"]["UpdateConfig"]["FailureAction"] == "rollback"
+        assert specs["postgres"]["UpdateConfig"]["Order"] == "stop-first"
+        assert specs["postgres"]["TaskTemplate"]["Placement"]["Constraints"] == [
+            "node.labels.atendeai.data==true"
+        ]
+        assert "Ports" not in specs["postgres"]["EndpointSpec"]
+        # Secrets as Docker secrets named by content; postgres reads its password from the file.
+        pg_env = specs["postgres"]["TaskTemplate"]["ContainerSpec"]["Env"]
+        assert "POSTGRES_PASSWORD_FILE=/run/secrets/postgres_password" in pg_env
+        assert not any(e.startswith("POSTGRES_PASSWORD=") for e in pg_env)
+        names = {s.name for s in manager.secrets.list(filters=namespace)}
+        password = secrets(project)["ATENDEAI_POSTGRES_PASSWORD"]
+        import hashlib
+
+        assert (
+            f"{project.name}_postgres_password_{hashlib.sha256(password.encode()).hexdigest()[:12]}"
+            in names
+        )
+        assert any(n.startswith(f"{project.name}_auth_") and "_pem_" in n for n in names)
+
+        status = project.run("status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        document = json.loads(status.stdout)
+        assert document["runtime"] == "swarm"
+        by_name = {s["name"]: s for s in document["services"]}
+        for name in ("postgres", "redis", "auth"):
+            assert by_name[name]["replicas"] == {"desired": 1, "running": 1}, by_name[name]
+            [task] = by_name[name]["tasks"]
+            assert (task["node"], task["state"], task["health"]) == (
+                one_node.manager,
+                "running",
+                "healthy",
+            )
+        assert by_name["migrate"]["state"] == "exited" and by_name["migrate"]["exit_code"] == 0
+
+        # Login through the auth service, on the port it publishes on the node.
+        _admin(one_node, project, "python -m atendeai_ctl clinic create Alpha --slug alpha")
+        _admin(
+            one_node,
+            project,
+            'printf "%s\\n" "$PW" | python -m atendeai_ctl user create ana@alpha.test '
+            "--clinic alpha --password-stdin",
+            PW=PASSWORD,
+        )
+        login = _login(one_node, project)
+        assert login.status_code == 200, login.text
+        assert login.json()["access_token"]
+
+        logs = project.run("logs", "auth", "--tail", "50")
+        assert logs.returncode == 0 and "/auth/login" in logs.stdout, logs.stderr
+
+        # A second `up` changes nothing that runs (the job runs again: its check cannot reach
+        # the database, which publishes no port).
+        again = json.loads(project.run("up", "--json", timeout=300).stdout)
+        assert again["ok"], again["failure"]
+        actions = {s["name"]: s["action"] for s in again["services"]}
+        assert actions == {n: "unchanged" for n in ("postgres", "redis", "migrate", "auth")}
+
+        # Key rotation: a new key file is a new secret and a rolling update of auth, which
+        # then publishes it; once a key leaves the state dir (pruned), its secret goes too.
+        keys_dir = project.state_dir / project.name / "jwt"
+        old_kids = [p.stem for p in keys_dir.glob("*.pem")]
+        assert project.run("auth", "rotate-key").returncode == 0
+        for kid in old_kids:
+            (keys_dir / f"{kid}.pem").unlink()
+        rotated = json.loads(project.run("up", "--json", timeout=300).stdout)
+        assert rotated["ok"], rotated["failure"]
+        assert {s["name"]: s["action"] for s in rotated["services"]}["auth"] == "recreated"
+        [new_kid] = [p.stem for p in keys_dir.glob("*.pem")]
+        url = f"http://{one_node.address()}:{project.env['ATENDEAI_AUTH_PORT']}"
+        jwks = httpx.get(f"{url}/.well-known/jwks.json", timeout=30).json()
+        assert [k["kid"] for k in jwks["keys"]] == [new_kid]
+        names = {s.name for s in manager.secrets.list(filters=namespace)}
+        assert any(new_kid in n for n in names)
+        assert not any(kid in n for kid in old_kids for n in names), names
+
+        # An update whose new task never gets healthy (auth refuses 0 workers and exits): Swarm
+        # rolls it back, and `up` says so and fails (`docker stack deploy` would exit 0).
+        broken = project.run("up", "--json", extra_env={"ATENDEAI_AUTH_WORKERS": "0"})
+        assert broken.returncode == 1, broken.stdout
+        failure = json.loads(broken.stdout)["failure"]
+        assert failure["service"] == "auth" and "rolled back" in failure["reason"], failure
+        _wait(lambda: _status(project)["auth"]["health"] == "healthy", timeout=120)
+        assert _login(one_node, project).status_code == 200
+    finally:
+        down = project.run("down", "--volumes", "--yes", "--no-backup", "--json", timeout=300)
+    assert down.returncode == 0, down.stderr
+    removed = json.loads(down.stdout)["removed"]
+    assert f"network {project.name}-network" in removed
+    assert node_objects(one_node, project.name) == {}
+
+
+@pytest.fixture(scope="module")
+def three_nodes() -> Iterator[Cluster]:
+    require_swarm()
+    cluster = start_cluster(3, images=stack_images())
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def _status(project: Project) -> dict[str, dict[str, Any]]:
+    done = project.run("status", "--json")
+    return {s["name"]: s for s in json.loads(done.stdout)["services"]}
+
+
+def _wait(what: Callable[[], object], timeout: float, expected: object = True) -> None:
+    """Until what() == expected; on timeout the assertion shows what() last said."""
+    deadline = time.monotonic() + timeout
+    while (got := what()) != expected:
+        assert time.monotonic() < deadline, f"timed out: {got!r}"
+        time.sleep(2)
+
+
+def _rollout(cluster: Cluster, project: Project, service: str) -> Any:
+    """The swarm runtime's own rollout (a Swarm rolling update), through the library: the
+    `rollout` command reaches it once stack/rollout.py hands a runtime that has its own
+    `rollout` method the work (see docs/swarm.md)."""
+    from atendeai_ctl.config import active_profiles, load_config
+    from atendeai_ctl.stack.profiles import select_profiles
+    from atendeai_ctl.stack.project import load_stack
+    from atendeai_ctl.stack.scale import apply_scale, settings_scale
+    from atendeai_ctl.stack.swarm_runtime import SwarmRuntime
+
+    cfg = load_config(environ=project.env).with_secrets(generate=False)
+    spec = select_profiles(load_stack(cfg), active_profiles(cfg))
+    spec = apply_scale(spec, settings_scale(cfg.get))
+    runtime = SwarmRuntime.from_config(cfg)
+    runtime._client = cluster.client()
+    return runtime.rollout(spec, service, project=project.name, timeout=240)
+
+
+def test_three_nodes_spread_reschedule_rollout_down(tmp_path: Path, three_nodes: Cluster) -> None:
+    """One manager, two workers; images from the registry on the nodes' network. Two auth
+    replicas land on two nodes (a port published in host mode takes one task per node); a
+    stopped worker's replica moves to the node left; `rollout auth` is a Swarm update that
+    drops no request; `down` leaves nothing on any node."""
+    cluster = three_nodes
+    project = _project(tmp_path, cluster)
+    project.env["ATENDEAI_AUTH_REPLICAS"] = "2"
+    try:
+        done = project.run("up", "--json", timeout=600)
+        report = json.loads(done.stdout)
+        assert done.returncode == 0, (report.get("failure"), done.stderr)
+
+        auth = _status(project)["auth"]
+        assert auth["replicas"] == {"desired": 2, "running": 2}
+        nodes = {t["node"] for t in auth["tasks"]}
+        assert len(nodes) == 2, auth["tasks"]
+        pg = _status(project)["postgres"]
+        assert [t["node"] for t in pg["tasks"]] == [cluster.manager]  # the data node
+
+        # Login on each node that runs auth (host mode: the port answers where a task runs).
+        _admin(cluster, project, "python -m atendeai_ctl clinic create Alpha --slug alpha")
+        _admin(
+            cluster,
+            project,
+            'printf "%s\\n" "$PW" | python -m atendeai_ctl user create ana@alpha.test '
+            "--clinic alpha --password-stdin",
+            PW=PASSWORD,
+        )
+        for node in nodes:
+            assert _login(cluster, project, node).status_code == 200
+
+        # `rollout auth`: every task replaced, one at a time, while requests run. With no
+        # gateway in front, a client that tries the next node when one does not answer (what a
+        # load balancer does) must never find none (bounded: at most 400 rounds, 120 s).
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            port = project.env["ATENDEAI_AUTH_PORT"]
+            with httpx.Client(timeout=5) as http:
+                for _ in range(400):
+                    if stop.is_set():
+                        return
+                    answers = []
+                    for node in cluster.nodes:
+                        try:
+                            answers.append(
+                                http.get(f"http://{cluster.address(node)}:{port}/health/live")
+                            )
+                        except httpx.HTTPError:
+                            continue
+                        if answers[-1].status_code == 200:
+                            break
+                    else:
+                        failures.append(str([a.status_code for a in answers]))
+                    time.sleep(0.2)
+
+        runner = threading.Thread(target=load)
+        runner.start()
+        try:
+            report = _rollout(cluster, project, "auth")
+        finally:
+            stop.set()
+            runner.join(timeout=130)
+        result = report.to_dict()
+        assert report.ok, result
+        assert result["runtime"] == "swarm" and len(result["replaced"]) == 2, result
+        assert failures == []
+
+        # A worker that runs auth stops: its replica is rescheduled on the node left.
+        worker = next(n for n in sorted(nodes) if n != cluster.manager)
+        subprocess.run(["docker", "stop", "-t", "2", worker], check=True, capture_output=True)
+        _wait(
+            lambda: (
+                {t["node"] for t in _status(project)["auth"]["tasks"] if t["state"] == "running"}
+                == set(cluster.nodes) - {worker}
+            ),
+            timeout=180,
+        )
+        assert project.run("status").returncode == 0
+        cluster.restart(worker)
+    finally:
+        down = project.run("down", "--volumes", "--yes", "--no-backup", "--json", timeout=300)
+    assert down.returncode == 0, down.stderr
+    _wait(lambda: node_objects(cluster, project.name), timeout=120, expected={})
