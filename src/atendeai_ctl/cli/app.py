@@ -24,6 +24,7 @@ from atendeai_ctl.cli import (
     clinic,
     config,
     db,
+    drill,
     migrate,
     stack,
     swarm,
@@ -71,6 +72,7 @@ app.add_typer(user.app, name="user")
 app.add_typer(token.app, name="token")
 app.add_typer(audit.app, name="audit")
 app.add_typer(swarm.app, name="swarm")
+app.add_typer(drill.app, name="drill")
 
 
 def _from_engine(exc: Exception) -> AtendeaiError | None:
