@@ -152,7 +152,7 @@ class Project:
         if self.tool == "docker-compose":
             self.run(self.compose_argv("down", *(["-v"] if volumes else [])))
         else:
-            extra = ["--volumes", "--yes"] if volumes else []
+            extra = ["--volumes", "--yes", "--no-backup"] if volumes else []
             self.run([*atendeai_argv(), "down", *extra, "--runtime", self.runtime])
 
 

@@ -44,7 +44,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
              "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
         yield project
     finally:
-        project.run("down", "--volumes", "--yes")
+        project.run("down", "--volumes", "--yes", "--no-backup")
         remove_project(project.name)
 
 
@@ -228,7 +228,7 @@ def test_up_without_the_profile_leaves_no_gateway_and_down_removes_it(
         assert "gateway" not in {s["name"] for s in project.json("status")["services"]}
         assert project.run("status").returncode == 0
     finally:
-        project.run("down", "--volumes", "--yes")
+        project.run("down", "--volumes", "--yes", "--no-backup")
         remove_project(project.name)
     # The edge project: status shows the gateway without the profile; down removes it.
     env_without = {"ATENDEAI_PROFILES": ""}

@@ -56,7 +56,7 @@ def local_dir(project: Project) -> Path:
 
 def force_cleanup(project: Project) -> None:
     """Whatever `down` left (if a test failed half-way) is killed by its recorded pid."""
-    project.run("down", "--volumes", "--yes")
+    project.run("down", "--volumes", "--yes", "--no-backup")
     records = processes.Records(local_dir(project) / "run")
     for name in records.names():
         record = records.load(name)

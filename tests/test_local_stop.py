@@ -92,4 +92,4 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
                 if running(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-            project.run("down", "--volumes", "--yes", timeout=60)
+            project.run("down", "--volumes", "--yes", "--no-backup", timeout=60)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.docker
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     project = new_project(tmp_path_factory.mktemp("stack"))
     yield project
-    project.run("down", "--volumes", "--yes")
+    project.run("down", "--volumes", "--yes", "--no-backup")
     remove_project(project.name)
 
 
@@ -276,7 +276,10 @@ def test_broken_compose_file_is_one_line(project: Project, tmp_path: Path) -> No
     for sub in ("compose", "configs", "migrations"):
         shutil.copytree(root / sub, copy / sub)
     compose = copy / "compose" / "docker-compose.yml"
-    compose.write_text(compose.read_text().replace("restart: unless-stopped", "restartt: no", 1))
+    postgres = "    stop_signal: SIGINT\n    restart: unless-stopped"  # the postgres service's
+    text = compose.read_text()
+    assert text.count(postgres) == 1
+    compose.write_text(text.replace(postgres, "    stop_signal: SIGINT\n    restartt: no"))
     done = project.run("up", "--project-dir", str(copy))
     assert done.returncode == 6
     assert done.stderr.count("\n") == 1

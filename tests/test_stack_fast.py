@@ -31,7 +31,7 @@ HEAVY = (
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     project = new_project(tmp_path_factory.mktemp("fast"))
     yield project
-    project.run("down", "--volumes", "--yes")
+    project.run("down", "--volumes", "--yes", "--no-backup")
     remove_project(project.name)
 
 
