@@ -154,3 +154,18 @@ def test_services_without_the_new_fields_keep_their_hash(tmp_path: Path) -> None
         _spec(tmp_path, text).services["db"].config_hash()
         == "86a7e6ae6ac77395e0edf9628e4f8afbbd5718a16c3d81968dfb5962acb000b7"
     )
+
+
+@pytest.mark.docker
+def test_build_makes_only_the_active_profiles_images(tmp_path: Path) -> None:
+    """`build` with no profile needs no grafana image (none exists where there is no
+    registry); with --profile grafana it asks for it, and fails naming it when absent."""
+    from tests.stack_helpers import new_project
+
+    project = new_project(tmp_path, ATENDEAI_GRAFANA_IMAGE="atendeai-test/no-such-grafana:0")
+    plain = project.run("build")
+    assert plain.returncode == 0, plain.stderr
+    assert "grafana" not in plain.stdout
+    asked = project.run("build", "--profile", "monitoring", "--profile", "grafana")
+    assert asked.returncode != 0
+    assert "atendeai-test/no-such-grafana:0" in asked.stderr

@@ -353,14 +353,18 @@ def rollout(
     )
 
 
-def build(project_dir: ProjectDirOption = None) -> None:
-    """Pull and build the stack's images now (up does this when needed)."""
+def build(profile: ProfileOption = None, project_dir: ProjectDirOption = None) -> None:
+    """Pull and build the images of the services `up` would start (up does this when needed)."""
+    from atendeai_ctl.config import active_profiles
     from atendeai_ctl.stack.docker_runtime import connect
     from atendeai_ctl.stack.images import ensure_images
+    from atendeai_ctl.stack.profiles import select_profiles
     from atendeai_ctl.stack.project import load_stack, prepare_state
 
-    cfg = prepare_state(_config(project_dir))
-    spec = load_stack(cfg)
+    cfg = prepare_state(_config(project_dir, profile))
+    # The active profiles' services only, as `docker compose build` does: an optional
+    # profile's image (grafana's, where no registry has it) is not needed until it is used.
+    spec = select_profiles(load_stack(cfg), active_profiles(cfg))
     with LiveProgress([]) as live:
         images = ensure_images(connect(), spec, live.progress)
     for name, image_id in images.items():
