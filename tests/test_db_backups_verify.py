@@ -288,6 +288,10 @@ def test_cli_verify_backup_exit_codes_and_json(database_url: str, state_dir: Pat
 VERIFY_CMD = (sys.executable, "-m", "atendeai_ctl", "db", "verify-backup")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
 def test_a_signal_during_the_restore_drops_the_scratch_database(
     database_url: str, tmp_path: Path, signum: int
@@ -311,6 +315,9 @@ def test_a_signal_during_the_restore_drops_the_scratch_database(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A terminal's Ctrl-C: SIGINT at its default, even when this run inherited it ignored
+        # (a non-interactive shell's background job does), or Python would keep ignoring it.
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 60

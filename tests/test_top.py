@@ -13,6 +13,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -684,6 +685,9 @@ def _own_terminal() -> None:
     a shell gives it, so the pty's line discipline turns Ctrl-C into SIGINT for it."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # As at a shell's prompt: SIGINT at its default even when this run inherited it ignored
+    # (a non-interactive shell's background job does), or Python would keep ignoring Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 SGR = re.compile(rb"\x1b\[[0-9;]*m")
