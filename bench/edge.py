@@ -21,16 +21,34 @@ the bench runs a copy of the project (compose/, configs/, migrations/) whose aut
 ATENDEAI_AUTH_REQUESTS_PER_IP=1000000000 (the limit still counts), with a bench-only auth
 image tag on Docker (removed at the end).
 
+Fairness: both sides are reached the same way, through the port the engine publishes on
+127.0.0.1 (on Docker that is docker-proxy for the replica and for the gateway alike), by the
+same wrk command (threads, connections, duration, script, token); only the URL differs.
+
 Requests/s counts 2xx only; non-2xx, socket errors and timeouts are printed for every run and
 a configuration with any of them gets no ratio. Prints every run with the load average, the
 medians, and the ratios against direct (target: gw1 >= 0.8x direct). Figures, never
-assertions. Everything it creates is removed at the end (`down --volumes`, then a sweep by
-label on Docker), also on errors and Ctrl-C.
+assertions.
+
+CPU per request: on a machine shared with other work, requests/s swings with the neighbours'
+load while the CPU each request costs barely does, so every run also prints the CPU time
+(microseconds per 2xx response) of what serves it: the auth replicas and the gateway (their
+processes and children; on Docker the containers' processes), the docker-proxy processes of
+their published ports and their containerd shims (which carry their stdout), and wrk itself.
+The engine (dockerd, which writes the containers' logs) is shared with every other project on
+it, so its figure is printed apart as `engine*` and left out of the total; read it only on a
+quiet machine. On two cores the requests/s a side can reach is roughly 2 s / (its CPU per
+request), so `cpu ratio` (direct's total over the gateway's) is what the throughput ratio
+would be on an otherwise idle machine.
+
+Everything it creates is removed at the end (`down --volumes`, then a sweep by label on
+Docker), also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -64,6 +82,43 @@ NO_ENGINE = "unix:///nonexistent.sock"
 
 def load() -> str:
     return f"{os.getloadavg()[0]:.2f}"
+
+
+Cpu = dict[str, float]  # component -> CPU seconds used so far
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of all its threads) of a live process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    except OSError:
+        return []
+
+
+def _with_descendants(roots: dict[int, str]) -> dict[int, str]:
+    """Every process under the given ones (uvicorn's workers, haproxy's worker)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (found := _proc_cpu(int(entry.name))) is not None:
+            parents[int(entry.name)] = found[0]
+    owned = dict(roots)
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if pid not in owned and parent in owned:
+                owned[pid] = owned[parent]
+                grew = True
+    return owned
 
 
 def consecutive_free_ports(count: int) -> int:
@@ -177,6 +232,44 @@ class Stack:
                 return int(float(line.split()[-1]))
         return -1
 
+    def serving_processes(self) -> dict[int, str]:
+        """pid -> component for everything that serves a request: see the module docstring."""
+        if self.runtime == "local":
+            roots = {}
+            for record in Path(self.env["ATENDEAI_STATE_DIR"]).glob("**/local/run/*.json"):
+                service = record.stem.split("-")[0]
+                if service in ("auth", "gateway"):
+                    roots[int(json.loads(record.read_text())["pid"])] = service
+            return _with_descendants(roots)
+        import docker
+
+        client = docker.from_env()
+        label = {"label": f"com.docker.compose.project={self.name}"}
+        roots, ids, ports = {}, {}, set()
+        for container in client.containers.list(filters=label):
+            service = container.labels.get("com.docker.compose.service", "")
+            if service not in ("auth", "gateway"):
+                continue
+            roots[int(container.attrs["State"]["Pid"])] = service
+            ids[container.id] = service
+            for bindings in (container.attrs["NetworkSettings"]["Ports"] or {}).values():
+                ports |= {b["HostPort"] for b in bindings or ()}
+        owned = _with_descendants(roots)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            argv = _cmdline(int(entry.name))
+            program = Path(argv[0]).name if argv else ""
+            if program == "docker-proxy" and "-host-port" in argv:
+                if argv[argv.index("-host-port") + 1] in ports:
+                    owned[int(entry.name)] = "proxy"
+            elif program.startswith("containerd-shim") and "-id" in argv:
+                owned |= {int(entry.name): "shim"} if argv[argv.index("-id") + 1] in ids else {}
+        # This engine's daemon (not another one's, e.g. a Docker-in-Docker node).
+        with contextlib.suppress(OSError, ValueError):
+            owned[int(Path("/var/run/docker.pid").read_text())] = "engine*"
+        return owned
+
     def down(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
         subprocess.run(
@@ -220,10 +313,32 @@ def stack(runtime: str) -> Iterator[tuple[Stack, str]]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def cpu_of(processes: dict[int, str]) -> Cpu:
+    used: Cpu = {}
+    for pid, component in processes.items():
+        if (found := _proc_cpu(pid)) is not None:
+            used[component] = used.get(component, 0.0) + found[1]
+    return used
+
+
 def measure(project: Stack, config: str, token: str, args: argparse.Namespace) -> Result:
+    """One wrk run; the result gains `cpu_us`: CPU microseconds per 2xx response, by component
+    (`total` leaves out the shared engine)."""
     url = project.direct if config == "direct" else project.gateway
-    return wrk(url, {"MODE": "verify", "TOKEN": token}, connections=args.connections,
-               duration=args.duration, timeout="5s")  # fmt: skip
+    processes = project.serving_processes()
+    before, children = cpu_of(processes), os.times()
+    result = wrk(url, {"MODE": "verify", "TOKEN": token}, connections=args.connections,
+                 duration=args.duration, timeout="5s")  # fmt: skip
+    after, children_after = cpu_of(processes), os.times()
+    used = {c: after[c] - before.get(c, 0.0) for c in after}
+    used["wrk"] = (children_after.children_user + children_after.children_system) - (
+        children.children_user + children.children_system
+    )
+    ok = max(1, int(result.get("ok", 0)) or round(result["ok_rps"] * args.duration))
+    cpu_us = {c: seconds * 1e6 / ok for c, seconds in used.items()}
+    cpu_us["total"] = sum(v for c, v in cpu_us.items() if not c.endswith("*"))
+    result["cpu_us"] = cpu_us
+    return result
 
 
 def order(round_index: int) -> list[str]:
@@ -242,7 +357,14 @@ def describe(config: str, result: Result) -> str:
             if errors
             else ""
         )
+        + "\n          cpu us/req "
+        + " ".join(f"{c} {v:.0f}" for c, v in sorted(result["cpu_us"].items(), key=_cpu_order))
     )
+
+
+def _cpu_order(item: tuple[str, float]) -> tuple[int, str]:
+    component = item[0]
+    return (2 if component == "total" else 1 if component.endswith("*") else 0, component)
 
 
 def main() -> None:
@@ -282,9 +404,14 @@ def report(runs: dict[str, list[Result]]) -> None:
             "rps": statistics.median(r["ok_rps"] for r in results),
             "p99": statistics.median(r["p99_ms"] for r in results),
             "errors": errors,
+            "cpu_us": {
+                c: round(statistics.median(r["cpu_us"].get(c, 0.0) for r in results), 1)
+                for c in results[0]["cpu_us"]
+            },
         }
         m = medians[config]
-        print(f"  {config:7} {m['rps']:9.1f} req/s  p99 {m['p99']:7.2f} ms  errors {errors}")
+        print(f"  {config:7} {m['rps']:9.1f} req/s  p99 {m['p99']:7.2f} ms  errors {errors}"
+              f"  cpu {m['cpu_us']['total']:.0f} us/req")  # fmt: skip
     direct = medians["direct"]
     for config in ("gw1", "gw2"):
         m = medians[config]
@@ -292,10 +419,12 @@ def report(runs: dict[str, list[Result]]) -> None:
             print(f"  {config}/direct: no ratio (errors in a measured run)")
             continue
         rps, p99 = m["rps"] / direct["rps"], m["p99"] / direct["p99"]
+        cpu = direct["cpu_us"]["total"] / m["cpu_us"]["total"]
         verdict = ""
         if config == "gw1":
             verdict = "  target >= 0.80: " + ("met" if rps >= 0.8 else "NOT met")
-        print(f"  {config}/direct: throughput {rps:.2f}x, p99 {p99:.2f}x{verdict}")
+        print(f"  {config}/direct: throughput {rps:.2f}x, p99 {p99:.2f}x, "
+              f"cpu ratio {cpu:.2f}x{verdict}")  # fmt: skip
     print(json.dumps({"medians": medians, "load": load()}))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.stack.graph import levels
 from atendeai_ctl.stack.interpolate import InterpolationError, interpolate
 from atendeai_ctl.stack.profiles import select_profiles
-from atendeai_ctl.stack.spec import load_spec, parse_duration
+from atendeai_ctl.stack.spec import Logging, load_spec, parse_duration
 
 ENV = {"A": "1", "EMPTY": ""}
 
@@ -127,6 +129,15 @@ def _load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Atend
             "condition: must be one of",
         ),
         ("servics:\n  a:\n    image: x\n", "servics: unknown top-level key"),
+        ("services:\n  a:\n    image: x\n    logging: local\n", "a.logging: must be a mapping"),
+        (
+            "services:\n  a:\n    image: x\n    logging: {drivr: local}\n",
+            "services.a.logging.drivr: unknown key",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    logging: {options: {max-size: [1]}}\n",
+            "services.a.logging.options.max-size",
+        ),
         ("- just\n- a list\n", "must be a mapping"),
     ],
 )
@@ -142,3 +153,74 @@ def test_extension_keys_are_kept_not_rejected(tmp_path: Path) -> None:
     spec = load_spec(path, {}, "p")
     assert spec.extensions == {"x-top": 1}
     assert spec.services["a"].extensions == {"x-atendeai": {"bundle": True}}
+
+
+def test_logging_is_part_of_the_service_and_its_hash(tmp_path: Path) -> None:
+    """Compose's `logging: {driver, options}` reaches the model; adding it recreates the
+    service (hash changes), a file without it keeps its old hash."""
+    path = tmp_path / "docker-compose.yml"
+    path.write_text("services:\n  a:\n    image: x\n")
+    plain = load_spec(path, {}, "p").services["a"]
+    assert plain.logging is None
+    path.write_text(
+        "services:\n  a:\n    image: x\n    logging:\n      driver: ${DRIVER:-local}\n"
+        "      options: {max-size: 20m, max-file: 5}\n"
+    )
+    logged = load_spec(path, {}, "p").services["a"]
+    assert logged.logging == Logging("local", (("max-file", "5"), ("max-size", "20m")))
+    assert logged.config_hash() != plain.config_hash()
+    assert load_spec(path, {"DRIVER": "json-file"}, "p").services["a"].config_hash() != (
+        logged.config_hash()
+    )
+
+
+def test_the_gateway_keeps_its_access_log_with_the_local_driver(state_dir: Path) -> None:
+    """One access-log line per request: the gateway's logs go to the engine's `local` driver
+    (compact, rotated), not json-file's unbounded file."""
+    cfg = load_config().with_secrets(generate=True)
+    spec = select_profiles(
+        load_spec(cfg.compose_file, cfg.interpolation_env(), cfg.project), ["edge"]
+    )
+    gateway = spec.services["gateway"]
+    assert gateway.logging is not None
+    assert gateway.logging.driver == "local"
+    assert dict(gateway.logging.options) == {"max-size": "20m", "max-file": "5"}
+    assert gateway.env["GATEWAY_THREADS"] == "1"
+
+
+@pytest.mark.docker
+def test_the_docker_runtime_creates_the_container_with_its_log_driver(tmp_path: Path) -> None:
+    """The engine gets the driver and options, and `logs` still reads what the container
+    wrote (the `local` driver keeps `docker logs` working)."""
+    import docker
+
+    from atendeai_ctl.stack.docker_runtime import DockerRuntime
+    from tests.stack_helpers import image_env, remove_project, unique_subnet
+
+    name = f"tlog{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(
+        "networks:\n  default:\n    ipam:\n      config: [{subnet: " + unique_subnet() + "}]\n"
+        "services:\n  a:\n    image: ${IMAGE}\n"
+        "    command: [sh, -c, 'echo line-one; echo line-two; sleep 60']\n"
+        "    logging: {driver: local, options: {max-size: 1m, max-file: '2'}}\n"
+    )
+    spec = load_spec(path, {"IMAGE": image_env()["ATENDEAI_PYTHON_IMAGE"]}, name)
+    runtime = DockerRuntime(name)
+    try:
+        runtime.prepare(spec)
+        assert runtime.ensure(spec, spec.services["a"]) == "created"
+        runtime.start(spec.services["a"])
+        attrs = docker.from_env().containers.get(runtime.container_name("a")).attrs
+        assert attrs["HostConfig"]["LogConfig"] == {
+            "Type": "local",
+            "Config": {"max-size": "1m", "max-file": "2"},
+        }
+        deadline = time.monotonic() + 20
+        text = ""
+        while "line-two" not in text and time.monotonic() < deadline:
+            text = b"".join(runtime.logs("a", tail=None, follow=False)).decode()
+            time.sleep(0.2)
+        assert text.split() == ["line-one", "line-two"]
+    finally:
+        remove_project(name)

@@ -306,8 +306,15 @@ class DockerRuntime:
         policy: dict[str, Any] = {"Name": "" if restart[0] == "no" else restart[0]}
         if restart[0] == "on-failure" and len(restart) == 2:
             policy["MaximumRetryCount"] = int(restart[1])
+        log_config = None
+        if service.logging is not None:
+            # Compose's `logging:`; no driver: the engine's default, with these options.
+            log_config = {
+                "Type": service.logging.driver or "",
+                "Config": dict(service.logging.options),
+            }
         host_config = self.api.create_host_config(
-            binds=binds, port_bindings=port_bindings, restart_policy=policy
+            binds=binds, port_bindings=port_bindings, restart_policy=policy, log_config=log_config
         )
         networking = self.api.create_networking_config(
             {

@@ -34,10 +34,11 @@ SERVICE_KEYS = frozenset(
     {
         "image", "build", "command", "entrypoint", "environment", "volumes", "ports",
         "depends_on", "healthcheck", "restart", "user", "stop_signal", "stop_grace_period",
-        "working_dir", "labels", "profiles", "networks",
+        "working_dir", "labels", "profiles", "networks", "logging",
     }
 )  # fmt: skip
 TOP_KEYS = frozenset({"version", "name", "services", "volumes", "networks"})
+LOGGING_KEYS = frozenset({"driver", "options"})
 HEALTH_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
 RESTART = frozenset({"no", "always", "on-failure", "unless-stopped"})
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
@@ -73,6 +74,18 @@ class Healthcheck:
 
 
 @dataclass(frozen=True)
+class Logging:
+    """Compose's `logging:`: which engine log driver keeps the container's stdout/stderr.
+
+    The driver is on the hot path of a service that logs every request (the gateway): Docker's
+    default json-file re-encodes each line as JSON, `local` stores it compactly and still
+    feeds `docker logs` / `atendeai logs`."""
+
+    driver: str | None = None  # None: the engine's default
+    options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Build:
     context: str
     dockerfile: str = "Dockerfile"
@@ -100,6 +113,7 @@ class Service:
     extensions: Mapping[str, Any] = field(default_factory=dict)
     profiles: tuple[str, ...] = ()  # empty: always on
     ipv4_address: str | None = None  # a fixed address on the project network
+    logging: Logging | None = None  # None: the engine's default driver
     # How many copies run (stack/scale.py sets it), and which copy this object stands for:
     # replica k is container `<project>-<name>-k` (local record `<name>-k`, k > 1) and
     # publishes each port at host_port + k - 1, the same rule on every runtime.
@@ -139,6 +153,8 @@ class Service:
         del document["replicas"], document["replica"]
         if self.ipv4_address is None:
             del document["ipv4_address"]
+        if self.logging is None:
+            del document["logging"]
         for mount in document["mounts"]:
             if mount["digest"] is None:
                 del mount["digest"]
@@ -324,6 +340,19 @@ def _healthcheck(value: Any, ctx: _Ctx, where: str) -> Healthcheck | None:
     return Healthcheck(test_tuple, retries=retries, **timings)
 
 
+def _logging(value: Any, ctx: _Ctx, where: str) -> Logging:
+    if not isinstance(value, dict):
+        raise ctx.fail(where, "must be a mapping")
+    unknown = set(value) - LOGGING_KEYS
+    if unknown:
+        raise ctx.fail(f"{where}.{sorted(unknown, key=str)[0]}", "unknown key")
+    driver = value.get("driver")
+    if driver is not None and (not isinstance(driver, str) or not driver):
+        raise ctx.fail(f"{where}.driver", "must be a log driver name")
+    options = _mapping(value.get("options"), ctx, f"{where}.options")
+    return Logging(driver=driver, options=tuple(sorted(options.items())))
+
+
 def _depends_on(value: Any, ctx: _Ctx, where: str) -> tuple[tuple[str, str], ...]:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple((v, "service_started") for v in value)
@@ -431,6 +460,7 @@ def _service(
         stop_grace_period=grace,
         working_dir=str(raw["working_dir"]) if "working_dir" in raw else None,
         labels=tuple(sorted(_mapping(raw.get("labels"), ctx, f"{where}.labels").items())),
+        logging=_logging(raw["logging"], ctx, f"{where}.logging") if "logging" in raw else None,
         extensions={k: v for k, v in raw.items() if str(k).startswith("x-")},
     )
 
