@@ -92,6 +92,23 @@ class Cluster:
         the nodes can pull."""
         return {"DOCKER_HOST": self.docker_host(), **self.images}
 
+    def bridge_gateway(self) -> str:
+        """The address this machine has on the nodes' bridge: what a task sees as the client
+        when a request from here comes in on a port published in host mode."""
+        return subprocess.run(
+            [
+                "docker",
+                "network",
+                "inspect",
+                "-f",
+                "{{(index .IPAM.Config 0).Gateway}}",
+                self.network,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
     def address(self, node: str | None = None) -> str:
         """Where a port published in `host` mode on `node` answers, from this machine."""
         return self.addresses[node or self.manager]
@@ -269,12 +286,11 @@ def start_cluster(
 
 
 def stack_images() -> dict[str, str]:
-    """Setting -> host image for the stack's default services: the stand-ins and this
-    checkout's auth image."""
+    """Setting -> host image for the stack's default services and the edge gateway: the
+    stand-ins and this checkout's auth image."""
     found = image_env()
-    wanted = {
-        k: found[k] for k in ("ATENDEAI_POSTGRES_IMAGE", "ATENDEAI_REDIS_IMAGE") if k in found
-    }
+    keys = ("ATENDEAI_POSTGRES_IMAGE", "ATENDEAI_REDIS_IMAGE", "ATENDEAI_HAPROXY_IMAGE")
+    wanted = {k: found[k] for k in keys if k in found}
     wanted["ATENDEAI_AUTH_IMAGE"] = auth_image()
     return wanted
 

@@ -184,8 +184,7 @@ def test_one_node_up_status_login_down(tmp_path: Path, one_node: Cluster) -> Non
         logs = project.run("logs", "auth", "--tail", "50")
         assert logs.returncode == 0 and "/auth/login" in logs.stdout, logs.stderr
 
-        # A second `up` changes nothing that runs (the job runs again: its check cannot reach
-        # the database, which publishes no port).
+        # A second `up` changes nothing that runs (nor runs the job again: its work is done).
         again = json.loads(project.run("up", "--json", timeout=300).stdout)
         assert again["ok"], again["failure"]
         actions = {s["name"]: s["action"] for s in again["services"]}
@@ -225,6 +224,202 @@ def test_one_node_up_status_login_down(tmp_path: Path, one_node: Cluster) -> Non
     assert node_objects(one_node, project.name) == {}
 
 
+def _task_ids(project: Project, service: str) -> set[str]:
+    return {t["id"] for t in _status(project)[service]["tasks"] if t["state"] == "running"}
+
+
+def test_rollout_command_replaces_the_tasks(tmp_path: Path, one_node: Cluster) -> None:
+    """`atendeai rollout auth --runtime swarm` through the CLI: the command hands the work to
+    the swarm runtime (a forced Swarm update), reports it in the JSON of the other runtimes,
+    and the task that serves afterwards is a new one; the service's spec is what `up` made
+    (the command loads the whole file, every profile: auth must keep its published port)."""
+    project = _project(tmp_path, one_node)
+    try:
+        done = project.run("up", "--runtime", "swarm", "--json", timeout=400)
+        assert done.returncode == 0, (done.stdout[-2000:], done.stderr)
+        before = _task_ids(project, "auth")
+        assert len(before) == 1
+        manager = one_node.client()
+
+        # A second `up`: the migrate job's work is done (the schema is at head, asked inside
+        # the postgres task), so the job is not run again: same iteration, same task.
+        job = manager.services.get(f"{project.name}_migrate")
+        iteration = job.attrs["JobStatus"]["JobIteration"].get("Index", 0)
+        runs = [t["ID"] for t in job.tasks()]
+        again = project.run("up", "--runtime", "swarm", "--json", timeout=300)
+        assert again.returncode == 0, (again.stdout[-2000:], again.stderr)
+        job.reload()
+        assert job.attrs["JobStatus"]["JobIteration"].get("Index", 0) == iteration
+        assert [t["ID"] for t in job.tasks()] == runs
+        spec_before = manager.services.get(f"{project.name}_auth").attrs["Spec"]
+
+        done = project.run("rollout", "auth", "--runtime", "swarm", "--json", timeout=300)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        report = json.loads(done.stdout)
+        assert report["runtime"] == "swarm" and report["service"] == "auth", report
+        assert report["gateway"] == "swarm-dns" and report["failure"] is None, report
+        [replaced] = report["replaced"]
+        assert replaced["replica"] == 1 and replaced["old_id"] in before, report
+        assert _task_ids(project, "auth") == {replaced["new_id"]} != before
+
+        spec_after = manager.services.get(f"{project.name}_auth").attrs["Spec"]
+        assert spec_after["EndpointSpec"] == spec_before["EndpointSpec"]
+        assert spec_after["Mode"] == spec_before["Mode"]
+        url = f"http://{one_node.address()}:{project.env['ATENDEAI_AUTH_PORT']}"
+        assert httpx.get(f"{url}/health/live", timeout=30).status_code == 200
+
+        missing = project.run("rollout", "nothing", "--runtime", "swarm")
+        assert missing.returncode != 0 and "no service 'nothing'" in missing.stderr
+        assert "Traceback" not in missing.stderr
+    finally:
+        down = project.run(
+            "down", "--runtime", "swarm", "--volumes", "--yes", "--no-backup", timeout=300
+        )
+    assert down.returncode == 0, down.stderr
+    assert node_objects(one_node, project.name) == {}
+
+
+def test_edge_gateway_login_and_rollout_without_a_failure(
+    tmp_path: Path, one_node: Cluster
+) -> None:
+    """Profile `edge` on a swarm: the gateway publishes its port in host mode and finds the
+    auth tasks through Docker's DNS (dnsrr); auth publishes nothing and trusts forwarding
+    headers from the project's overlay subnet only (the gateway cannot hold its fixed address
+    there), so a login through the gateway with a forged X-Forwarded-For is recorded with the
+    real client's address. `rollout auth` (start-first behind the gateway) while requests run
+    through the gateway: none fails."""
+    import ipaddress
+
+    from tests.servers import free_port
+
+    project = _project(tmp_path, one_node)
+    project.env["ATENDEAI_PROFILES"] = "edge"
+    project.env["ATENDEAI_GATEWAY_PORT"] = str(free_port())
+    gateway = f"http://{one_node.address()}:{project.env['ATENDEAI_GATEWAY_PORT']}"
+    try:
+        done = project.run("up", "--json", timeout=400)
+        report = json.loads(done.stdout)
+        assert done.returncode == 0, (report.get("failure"), done.stderr)
+        assert {s["name"]: s["result"] for s in report["services"]}["gateway"] == "healthy"
+
+        manager = one_node.client()
+        specs = {
+            s.name.split("_", 1)[1]: s.attrs["Spec"]
+            for s in manager.services.list(
+                filters={"label": f"com.docker.stack.namespace={project.name}"}
+            )
+        }
+        [port] = specs["gateway"]["EndpointSpec"]["Ports"]
+        assert (port["PublishMode"], port["PublishedPort"]) == (
+            "host",
+            int(project.env["ATENDEAI_GATEWAY_PORT"]),
+        )
+        assert specs["auth"]["EndpointSpec"] == {"Mode": "dnsrr"}  # nothing published
+        assert specs["auth"]["UpdateConfig"]["Order"] == "start-first"
+        subnet = project.env["ATENDEAI_SUBNET"]
+        auth_env = specs["auth"]["TaskTemplate"]["ContainerSpec"]["Env"]
+        assert f"ATENDEAI_AUTH_TRUSTED_PROXIES={subnet}" in auth_env
+
+        _admin(one_node, project, "python -m atendeai_ctl clinic create Alpha --slug alpha")
+        _admin(
+            one_node,
+            project,
+            'printf "%s\\n" "$PW" | python -m atendeai_ctl user create ana@alpha.test '
+            "--clinic alpha --password-stdin",
+            PW=PASSWORD,
+        )
+        body = {"clinic": "alpha", "email": "ana@alpha.test", "password": PASSWORD}
+        login = httpx.post(
+            f"{gateway}/auth/login",
+            json=body,
+            headers={"X-Forwarded-For": "203.0.113.9"},
+            timeout=30,
+        )
+        assert login.status_code == 200, login.text
+        assert login.json()["access_token"]
+        rows = json.loads(
+            _admin(one_node, project, "python -m atendeai_ctl audit list --action login --json")
+        )
+        entries = (
+            rows
+            if isinstance(rows, list)
+            else next(v for v in rows.values() if isinstance(v, list))
+        )
+        ip = entries[0]["ip"]
+        assert ip == one_node.bridge_gateway(), entries[0]
+        assert ipaddress.ip_address(ip) not in ipaddress.ip_network(subnet)
+
+        # `rollout auth` through the CLI while requests run through the gateway (bounded: at
+        # most 600 requests, 120 s).
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(timeout=10) as http:
+                for _ in range(600):
+                    if stop.is_set():
+                        return
+                    try:
+                        got = http.get(f"{gateway}/.well-known/jwks.json")
+                        if got.status_code != 200:
+                            failures.append(f"{got.status_code} {got.text[:100]}")
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+                    time.sleep(0.1)
+
+        runner = threading.Thread(target=load)
+        runner.start()
+        try:
+            done = project.run("rollout", "auth", "--runtime", "swarm", "--json", timeout=300)
+            time.sleep(3)  # the old task's exit, after the rollout converged
+        finally:
+            stop.set()
+            runner.join(timeout=130)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert len(json.loads(done.stdout)["replaced"]) == 1
+        assert failures == []
+    finally:
+        down = project.run("down", "--volumes", "--yes", "--no-backup", "--json", timeout=300)
+    assert down.returncode == 0, down.stderr
+    assert node_objects(one_node, project.name) == {}
+
+
+def test_down_volumes_removes_them_on_every_node(tmp_path: Path) -> None:
+    """`down --volumes --yes` removes the project's volumes on the worker too (a data volume
+    whose node was moved there), not another project's; with that worker's engine stopped,
+    `down` says which node it could not reach and what may remain there."""
+    require_swarm()
+    cluster = start_cluster(2)
+    try:
+        project = new_project(tmp_path, prefix="sw", images=False, **cluster.env())
+        worker = cluster.nodes[1]
+        label = "com.docker.compose.project"
+        mine = {label: project.name, "com.docker.stack.namespace": project.name}
+        cluster.client(worker).volumes.create(f"{project.name}_pgdata", labels=mine)
+        cluster.client().volumes.create(f"{project.name}_redisdata", labels=mine)
+        other = cluster.client(worker).volumes.create("other_pgdata", labels={label: "other"})
+
+        args = ("down", "--runtime", "swarm", "--volumes", "--yes", "--no-backup", "--json")
+        done = project.run(*args, timeout=300)
+        assert done.returncode == 0, done.stderr
+        removed = json.loads(done.stdout)["removed"]
+        assert sorted(removed) == [
+            f"volume {project.name}_pgdata on {worker}",
+            f"volume {project.name}_redisdata",
+        ]
+        assert node_objects(cluster, project.name) == {}
+        assert [v.name for v in cluster.client(worker).volumes.list()] == [other.name]
+
+        cluster.client(worker).volumes.create(f"{project.name}_pgdata", labels=mine)
+        subprocess.run(["docker", "stop", "-t", "2", worker], check=True, capture_output=True)
+        done = project.run(*args[:-1], timeout=300)
+        assert done.returncode != 0
+        assert worker in done.stderr and "docker volume rm" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        cluster.remove()
+
+
 @pytest.fixture(scope="module")
 def three_nodes() -> Iterator[Cluster]:
     require_swarm()
@@ -246,24 +441,6 @@ def _wait(what: Callable[[], object], timeout: float, expected: object = True) -
     while (got := what()) != expected:
         assert time.monotonic() < deadline, f"timed out: {got!r}"
         time.sleep(2)
-
-
-def _rollout(cluster: Cluster, project: Project, service: str) -> Any:
-    """The swarm runtime's own rollout (a Swarm rolling update), through the library: the
-    `rollout` command reaches it once stack/rollout.py hands a runtime that has its own
-    `rollout` method the work (see docs/swarm.md)."""
-    from atendeai_ctl.config import active_profiles, load_config
-    from atendeai_ctl.stack.profiles import select_profiles
-    from atendeai_ctl.stack.project import load_stack
-    from atendeai_ctl.stack.scale import apply_scale, settings_scale
-    from atendeai_ctl.stack.swarm_runtime import SwarmRuntime
-
-    cfg = load_config(environ=project.env).with_secrets(generate=False)
-    spec = select_profiles(load_stack(cfg), active_profiles(cfg))
-    spec = apply_scale(spec, settings_scale(cfg.get))
-    runtime = SwarmRuntime.from_config(cfg)
-    runtime._client = cluster.client()
-    return runtime.rollout(spec, service, project=project.name, timeout=240)
 
 
 def test_three_nodes_spread_reschedule_rollout_down(tmp_path: Path, three_nodes: Cluster) -> None:
@@ -327,12 +504,12 @@ def test_three_nodes_spread_reschedule_rollout_down(tmp_path: Path, three_nodes:
         runner = threading.Thread(target=load)
         runner.start()
         try:
-            report = _rollout(cluster, project, "auth")
+            rolled = project.run("rollout", "auth", "--json", timeout=300)
         finally:
             stop.set()
             runner.join(timeout=130)
-        result = report.to_dict()
-        assert report.ok, result
+        assert rolled.returncode == 0, (rolled.stdout, rolled.stderr)
+        result = json.loads(rolled.stdout)
         assert result["runtime"] == "swarm" and len(result["replaced"]) == 2, result
         assert failures == []
 

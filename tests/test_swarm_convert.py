@@ -98,3 +98,32 @@ def test_a_secret_is_named_by_its_content(value: str) -> None:
     )
     [other], _ = objects("p", {"ATENDEAI_REDIS_PASSWORD": value + "x"}, using(value + "x"))
     assert other.name != blob.name
+
+
+def _env(spec: dict[str, Any]) -> dict[str, str]:
+    pairs = (e.split("=", 1) for e in spec["task_template"]["ContainerSpec"]["Env"])
+    return dict(pairs)
+
+
+def test_behind_the_gateway_auth_trusts_the_overlay_subnet(tmp_path: Path) -> None:
+    """The gateway cannot hold its fixed address on a swarm: where the file trusts it, the
+    swarm trusts the project's subnet; a value set by hand is kept; no edge, no trust."""
+
+    def auth_env(**settings: str) -> tuple[StackSpec, dict[str, str]]:
+        cfg = prepare_state(
+            load_config(
+                {"ATENDEAI_PROJECT": "conv", "ATENDEAI_STATE_DIR": str(tmp_path), **settings},
+                environ={},
+            )
+        )
+        spec = select_profiles(load_stack(cfg), ["edge"] if "ATENDEAI_PROFILES" in settings else [])
+        found = {k: s.value for k, s in cfg.settings.items() if k.endswith("_PASSWORD") and s.value}
+        return spec, _env(_spec(spec, found, "auth"))
+
+    spec, env = auth_env(ATENDEAI_PROFILES="edge", ATENDEAI_SUBNET="10.123.4.0/24")
+    assert spec.services["gateway"].ipv4_address == "10.123.4.254"
+    assert env["ATENDEAI_AUTH_TRUSTED_PROXIES"] == "10.123.4.0/24" == spec.subnet
+    _, env = auth_env(ATENDEAI_PROFILES="edge", ATENDEAI_AUTH_TRUSTED_PROXIES="192.0.2.7")
+    assert env["ATENDEAI_AUTH_TRUSTED_PROXIES"] == "192.0.2.7"
+    _, env = auth_env()
+    assert env["ATENDEAI_AUTH_TRUSTED_PROXIES"] == ""

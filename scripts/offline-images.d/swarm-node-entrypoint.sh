@@ -8,6 +8,9 @@ dockerd)
 	shift || true
 	# cgroup v1 hosts: the engine needs the usual hierarchy writable (bind-mounted by the caller).
 	mkdir -p /var/run /var/lib/docker
+	# A node stopped and started again (the node-loss test) keeps its old pid files, which
+	# name pid 1: this very process now, so dockerd would refuse to start ("pid file found").
+	rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
 	storage="${NODE_STORAGE_DRIVER:-vfs}"
 	set -- dockerd --data-root /var/lib/docker --storage-driver "$storage" \
 		-H unix:///var/run/docker.sock -H tcp://0.0.0.0:2375 --tls=false \

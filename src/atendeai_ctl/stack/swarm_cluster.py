@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.stack.docker_runtime import connect
@@ -74,3 +76,59 @@ def init_swarm(advertise_addr: str | None = None) -> dict[str, object]:
         "data_node": data,
         "engine": docker_host(),
     }
+
+
+@dataclass(frozen=True)
+class NodeEngine:
+    """Another node of the swarm, and where its engine answers (None: no way to reach it)."""
+
+    id: str
+    hostname: str
+    address: str
+    state: str
+    url: str | None
+
+
+def other_engines(client: docker.DockerClient) -> list[NodeEngine]:
+    """The swarm's other nodes, each with its engine's address formed the way DOCKER_HOST
+    reaches this manager's: the same scheme, port and TLS settings with the node's own
+    address (`tcp://manager:2376` -> `tcp://<node>:2376`, `ssh://ops@manager` ->
+    `ssh://ops@<node>`). Swarm keeps no engine API address for a node, only the one it
+    advertises to the others, which is the machine's. Through a local socket another machine
+    cannot be reached (url None)."""
+    this = manager_node(client)
+    where = urlsplit(docker_host())
+    found = []
+    for node in client.api.nodes():
+        if node["ID"] == this:
+            continue
+        status = node.get("Status") or {}
+        address = str(status.get("Addr") or "")
+        url = None
+        if where.scheme in ("tcp", "ssh", "http", "https") and address:
+            user = f"{where.username}@" if where.username else ""
+            port = f":{where.port}" if where.port else ""
+            url = f"{where.scheme}://{user}{address}{port}"
+        hostname = str((node.get("Description") or {}).get("Hostname") or node["ID"][:12])
+        found.append(NodeEngine(node["ID"], hostname, address, str(status.get("State") or ""), url))
+    return found
+
+
+def connect_node(node: NodeEngine, timeout: int = 10) -> docker.DockerClient | None:
+    """A client for another node's engine (DOCKER_HOST swapped, DOCKER_TLS_VERIFY and
+    DOCKER_CERT_PATH kept), or None when it does not answer."""
+    import os
+
+    import docker
+    from docker.errors import DockerException
+
+    if node.url is None or node.state == "down":
+        return None
+    try:
+        client = docker.from_env(
+            environment={**os.environ, "DOCKER_HOST": node.url}, timeout=timeout
+        )
+        client.ping()
+    except DockerException:
+        return None
+    return client

@@ -38,6 +38,16 @@ FILE_ENV = frozenset({"POSTGRES_PASSWORD"})
 these get the secret's file instead of its value. The others (REDIS_PASSWORD, read by the
 redis command's shell; the auth service's URLs, which embed passwords) keep the value in the
 service's environment: the images read no file for them."""
+TRUSTED_PROXIES = "ATENDEAI_AUTH_TRUSTED_PROXIES"
+"""Whom the auth service believes X-Forwarded-For from. On one engine: the edge gateway's
+fixed address (`ipv4_address`, ATENDEAI_GATEWAY_ADDRESS). A Swarm service cannot hold a fixed
+address, so where the file trusts such an address the swarm trusts the project's overlay
+subnet instead (ATENDEAI_SUBNET, which the runtime gives the network). Sound because no
+address of that subnet is reachable from outside: clients come in through the gateway's
+host-mode port and reach auth only with the gateway's overlay address as source (auth
+publishes nothing behind the gateway). The cost, stated in docs/swarm.md: every task on the
+project's network (and any container someone with engine access attaches to it) can set the
+client address auth sees (its rate limits and audit rows)."""
 HEALTH_INTERVAL_S = 2.0
 """The longest healthcheck interval on a swarm. On one engine `up` runs each check itself as
 soon as a service starts; on a swarm only the engine's own healthcheck says a task is ready
@@ -145,7 +155,10 @@ def service_spec(
     owner = {"uid": uid or "0", "gid": gid or uid or "0"} if uid.isdigit() else {}
     files = {b.key: f"/run/secrets/{b.target}" for b in secrets if "/" not in b.target}
     env = []
+    fixed = {s.ipv4_address for s in spec.services.values() if s.ipv4_address}
     for var, value in service.env.items():
+        if var == TRUSTED_PROXIES and value in fixed and spec.subnet:
+            value = spec.subnet  # the gateway's fixed address cannot be held: see TRUSTED_PROXIES
         blob = next((b for b in secrets if b.data == value.encode()), None)
         if var in FILE_ENV and blob is not None and blob.key in files:
             env.append(f"{var}_FILE={files[blob.key]}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from atendeai_ctl.errors import AtendeaiError
-from atendeai_ctl.stack.docker_runtime import PROJECT, connect
+from atendeai_ctl.stack.docker_runtime import PROJECT, SERVICE, connect
 from atendeai_ctl.stack.runtime import (
     EnsureResult,
     Health,
@@ -113,6 +113,7 @@ class SwarmRuntime:
         self._pending: dict[str, tuple[dict[str, Any], str]] = {}  # service -> (spec, hash)
         self._updated: dict[str, str] = {}  # service -> UpdateStatus.StartedAt before our update
         self._nodes: dict[str, str] = {}
+        self._stack: StackSpec | None = None  # the spec `up` deploys (for a job's done_when)
 
     @classmethod
     def from_config(cls, config: Config) -> SwarmRuntime:
@@ -255,6 +256,7 @@ class SwarmRuntime:
     def ensure(self, spec: StackSpec, service: Service) -> EnsureResult:
         import json
 
+        self._stack = spec
         if service.replica > 1:
             return "unchanged"  # one swarm service holds every copy (Service.replicas)
         kwargs = self._spec(spec, service)
@@ -270,6 +272,80 @@ class SwarmRuntime:
         self._pending[service.name] = (kwargs, digest)
         return "created" if existing is None else "recreated"
 
+    def _job_done(self, service: Service, existing: dict[str, Any]) -> bool:
+        """Whether an unchanged job need not run again: its last run completed, and its
+        `x-atendeai.done_when` holds. On one engine `up` asks PostgreSQL on its published
+        port (project.job_checks); a swarm publishes no database port, so here the question
+        (`schema_at_head`: the database's revision is the scripts' head) is put to the
+        database task itself: `psql` run inside it (docker exec, on the engine of the node
+        that runs it), with the job's own credentials in the exec's environment. ~0.2 s,
+        where a new job run costs a task start and a Python process. Any doubt: run it."""
+        from urllib.parse import unquote, urlsplit
+
+        from docker.errors import APIError
+
+        from atendeai_ctl.db.migrations import SCHEMA, VERSION_TABLE, script_head
+
+        spec = self._stack
+        if spec is None or "ReplicatedJob" not in existing["Spec"]["Mode"]:
+            return False
+        if (service.extensions.get("x-atendeai") or {}).get("done_when") != "schema_at_head":
+            return False
+        info = self.api.inspect_service(existing["ID"])
+        if not any(t["Status"]["State"] == "complete" for t in self._tasks(info)):
+            return False
+        head = script_head(spec.path.parent.parent / "migrations")
+        url = urlsplit(service.env.get("ATENDEAI_DATABASE_URL") or "")
+        database = spec.services.get(url.hostname or "")
+        if head is None or database is None or not url.username:
+            return False
+        found = self._running_container(database.name)
+        if found is None:
+            return False
+        api, container = found
+        query = f"SELECT version_num FROM {SCHEMA}.{VERSION_TABLE}"
+        env = {
+            "PGPASSWORD": unquote(url.password or ""),
+            "PGUSER": unquote(url.username),
+            "PGDATABASE": url.path.lstrip("/") or url.username,
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(url.port or 5432),
+        }
+        try:
+            run = api.exec_create(container, ["psql", "-XtAq", "-c", query], environment=env)
+            output = api.exec_start(run["Id"]).decode(errors="replace")
+            code = api.exec_inspect(run["Id"]).get("ExitCode")
+        except APIError:  # the engine refused the exec: run the job, which decides
+            return False
+        return code == 0 and output.split() == [head]
+
+    def _running_container(self, service: str) -> tuple[docker.APIClient, str] | None:
+        """A running task's container of the service, with the engine of its node (this one,
+        or another node's reached as swarm_cluster.other_engines says)."""
+        from atendeai_ctl.stack.swarm_cluster import connect_node, manager_node, other_engines
+
+        info = self._service(service)
+        if info is None:
+            return None
+        tasks = [
+            t
+            for t in self.api.tasks(filters={"service": info["ID"], "desired-state": "running"})
+            if t["Status"]["State"] == "running"
+        ]
+        if not tasks:
+            return None
+        task = tasks[0]
+        container = (task["Status"].get("ContainerStatus") or {}).get("ContainerID")
+        if not container:
+            return None
+        if task.get("NodeID") == manager_node(self.client):
+            return self.api, container
+        for node in other_engines(self.client):
+            if node.id == task.get("NodeID"):
+                client = connect_node(node)
+                return (client.api, container) if client is not None else None
+        return None
+
     def start(self, service: Service) -> None:
         """Create the service, or update it (a rolling update; for a job, a new run)."""
         if service.replica > 1:
@@ -281,6 +357,8 @@ class SwarmRuntime:
                 raise AtendeaiError("not_found", f"no swarm service for {service.name}")
             self.api.create_service(**pending[0])
             return
+        if pending is None and self._job_done(service, existing):
+            return  # its last run completed and its work is still done: not run again
         self._updated[service.name] = (existing.get("UpdateStatus") or {}).get("StartedAt", "")
         if pending is not None:
             self.api.update_service(
@@ -528,6 +606,24 @@ class SwarmRuntime:
             raise AtendeaiError(
                 "not_found", f"service {service_name} has no swarm service", "run `atendeai up`"
             )
+        # What `up` deployed, not what the caller's spec says: the command hands over the
+        # whole file (every profile, no scale), and converting that would change the service
+        # (auth behind a gateway that is not deployed loses its port; the replica count
+        # falls back to 1). So: the services that exist, and the count that runs.
+        deployed = {
+            s["Spec"].get("Labels", {}).get(SERVICE)
+            for s in self.api.services(filters={"label": f"{NAMESPACE}={self.project}"})
+        }
+        running = int((before["Spec"]["Mode"].get("Replicated") or {}).get("Replicas") or 1)
+        service = replace(service, replicas=running)
+        spec = replace(
+            spec,
+            services={
+                name: (service if name == service_name else svc)
+                for name, svc in spec.services.items()
+                if name in deployed
+            },
+        )
         only = replace(spec, services={service_name: service})
         self.preflight(only, lambda *_: None)
         self.prepare(only)
@@ -590,10 +686,45 @@ class SwarmRuntime:
             _retry(lambda config=config: self.api.remove_config(config["ID"]))
             removed.append(f"config {config['Spec']['Name']}")
         if volumes:
-            found = self.api.volumes(filters={"label": f"{PROJECT}={self.project}"})
-            for vol in found.get("Volumes") or []:
-                _retry(lambda vol=vol: self.api.remove_volume(vol["Name"]))
-                removed.append(f"volume {vol['Name']}")
+            removed += self._remove_volumes()
+        return removed
+
+    def _remove_volumes(self) -> list[str]:
+        """The project's volumes on every node that has them: local volumes live on the node
+        whose task made them (the data node, unless it was moved). This engine's, then each
+        other node's through its own engine (swarm_cluster.other_engines: reached the way
+        DOCKER_HOST reaches this one), after the tasks the removed services left there are
+        gone. A node that does not answer is named in the error, with what to do there."""
+        from atendeai_ctl.stack.swarm_cluster import connect_node, other_engines
+
+        volumes = {"label": f"{PROJECT}={self.project}"}
+        removed = []
+        engines: list[tuple[str, docker.APIClient]] = [("", self.api)]
+        missed = []
+        for node in other_engines(self.client):
+            client = connect_node(node)
+            if client is None:
+                missed.append(f"{node.hostname} ({node.address or 'no address'}, {node.state})")
+            else:
+                engines.append((f" on {node.hostname}", client.api))
+        label = {"label": f"{NAMESPACE}={self.project}"}
+        for where, api in engines:
+            _until_gone(lambda api=api: api.containers(filters=label), "containers")
+            for container in api.containers(all=True, filters=label):
+                _retry(lambda api=api, c=container: api.remove_container(c["Id"], force=True))
+            for vol in api.volumes(filters=volumes).get("Volumes") or []:
+                _retry(lambda api=api, vol=vol: api.remove_volume(vol["Name"]))
+                removed.append(f"volume {vol['Name']}{where}")
+        if missed:
+            raise AtendeaiError(
+                "unavailable",
+                f"the project's services, network, secrets and configs are removed, but the "
+                f"engines of nodes {', '.join(missed)} did not answer: volumes of "
+                f"{self.project} may remain there ({', '.join(removed) or 'none removed here'})",
+                f"on each, `docker volume rm $(docker volume ls -q --filter "
+                f"label={PROJECT}={self.project})`; or run `down --volumes` again once their "
+                "engines answer the way DOCKER_HOST reaches this one",
+            )
         return removed
 
 
