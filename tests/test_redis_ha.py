@@ -215,6 +215,17 @@ def test_the_drill_kills_nothing_when_no_replica_could_take_over(ha: Project, us
             60,
             "the replica to finish its sync",
         )
+    # The drill asks the Sentinels, which clear their "down" mark on their next look at it.
+    for key in ("1", "2", "3"):
+        with _redis(ha, int(ha.env[f"ATENDEAI_REDIS_SENTINEL_PORT_{key}"])) as sentinel:
+            _wait(
+                lambda s=sentinel: any(  # type: ignore[misc]
+                    not r["is_sdown"] and not r["is_odown"] and not r["is_disconnected"]
+                    for r in s.sentinel_slaves("atendeai")
+                ),
+                60,
+                "the Sentinels to see the replica up again",
+            )
 
 
 def test_drill_reports_the_failover_as_json(ha: Project, user: str) -> None:
