@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +13,9 @@ from atendeai_ctl.cli.options import JsonOption, NoWaitOption, ProjectDirOption,
 from atendeai_ctl.cli.render import LiveProgress, confirm, info, print_json, table
 from atendeai_ctl.config import Config, load_config
 from atendeai_ctl.errors import AtendeaiError
+
+if TYPE_CHECKING:
+    from atendeai_ctl.stack.orchestrator import Failure
 
 RuntimeOption = Annotated[
     str | None,
@@ -62,6 +65,16 @@ def _config(project_dir: object, profiles: list[str] | None = None) -> Config:
     return load_config(overrides)
 
 
+def _show_failure(failure: Failure) -> None:
+    """The failing service's last log lines and health check output, on stderr, before the
+    one-line error (`up` and `rollout` alike)."""
+    info(f"--- {failure.service}: last {len(failure.logs)} log lines ---")
+    for line in failure.logs:
+        info(line)
+    if failure.health_output:
+        info(f"--- {failure.service}: health check output ---\n{failure.health_output}")
+
+
 def up(
     profile: ProfileOption = None,
     scale: ScaleOption = None,
@@ -105,11 +118,7 @@ def up(
         return
     if report.failure is not None:
         failure = report.failure
-        info(f"--- {failure.service}: last {len(failure.logs)} log lines ---")
-        for line in failure.logs:
-            info(line)
-        if failure.health_output:
-            info(f"--- {failure.service}: health check output ---\n{failure.health_output}")
+        _show_failure(failure)
         raise AtendeaiError(
             "failed",
             f"service {failure.service} failed: {failure.reason}"
@@ -336,11 +345,7 @@ def rollout(
         return
     if report.failure is not None:
         failure = report.failure
-        info(f"--- {failure.service}: last {len(failure.logs)} log lines ---")
-        for line in failure.logs:
-            info(line)
-        if failure.health_output:
-            info(f"--- {failure.service}: health check output ---\n{failure.health_output}")
+        _show_failure(failure)
         raise AtendeaiError(
             "failed",
             f"rollout of {service} stopped: {failure.service} {failure.reason}; "
