@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,9 @@ class LocalRuntime:
         self.redis_server_path = redis_server
         self.pg_user = processes.unprivileged_user("postgres")
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        # `up` waits for services in threads, and several may inspect one (its dependants):
+        # the reaping of a child and the saving of its exit code must happen as one step.
+        self._supervising = threading.RLock()
         self._restarts: dict[str, int] = {}
         self._plans: dict[str, Plan] = {}
         self._lock_file: IO[bytes] | None = None
@@ -365,14 +369,21 @@ class LocalRuntime:
         processes.stop(record, sig, service.stop_grace_period or 10.0, workdir)
 
     # state -------------------------------------------------------------------------------
-    def _supervise(self, service: Service, record: processes.Record) -> processes.Record:
+    def _supervise(
+        self, service: Service, record: processes.Record
+    ) -> tuple[processes.Record, bool]:
         """While `up` runs, a process it started that exits has its exit code kept and is
         restarted per the service's restart policy (so crash loops are seen). Afterwards a
-        crash shows as exited until the next `up`."""
+        crash shows as exited until the next `up`.
+
+        Liveness is read once, from /proc, and that one answer decides: a process that exits
+        between two reads (poll, then /proc) would otherwise show as exited with no code."""
         key = service.instance_name
+        alive = record.alive()
         child = self._children.get(key)
-        if child is None or child.pid != record.pid or child.poll() is None:
-            return record
+        if alive or child is None or child.pid != record.pid:
+            return record, alive
+        child.wait(timeout=5)  # exited: a zombie until reaped
         record.exit_code = child.returncode
         self.records.save(key, record)
         del self._children[key]
@@ -380,18 +391,20 @@ class LocalRuntime:
         if policy in AUTO_RESTART and not (policy == "on-failure" and child.returncode == 0):
             self._restarts[key] = self._restarts.get(key, 0) + 1
             self.start(service)
-            return self.records.load(key) or record
-        return record
+            record = self.records.load(key) or record
+            return record, record.alive()
+        return record, False
 
     def inspect(self, service: Service) -> ServiceStatus:
         key = service.instance_name
-        record = self.records.load(key)
-        if record is None:
-            return ServiceStatus(key, "missing", service=service.name, replica=service.replica)
-        record = self._supervise(service, record)
+        with self._supervising:
+            record = self.records.load(key)
+            if record is None:
+                return ServiceStatus(key, "missing", service=service.name, replica=service.replica)
+            record, alive = self._supervise(service, record)
         ports = [PublishedPort(p.host_ip, p.host_port, p.target) for p in service.ports]
         restarts = self._restarts.get(key, 0)
-        if record.alive():
+        if alive:
             has_probe = bool(service.healthcheck and self.local(service).get("probe"))
             return ServiceStatus(
                 key,
