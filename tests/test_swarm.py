@@ -443,14 +443,30 @@ def _wait(what: Callable[[], object], timeout: float, expected: object = True) -
         time.sleep(2)
 
 
+def _gateway_url(cluster: Cluster, project: Project) -> str:
+    """The gateway answers on the node that runs its task (host mode: no routing mesh)."""
+    [task] = [t for t in _status(project)["gateway"]["tasks"] if t["state"] == "running"]
+    return f"http://{cluster.address(task['node'])}:{project.env['ATENDEAI_GATEWAY_PORT']}"
+
+
+def _login_at(url: str) -> httpx.Response:
+    body = {"clinic": "alpha", "email": "ana@alpha.test", "password": PASSWORD}
+    return httpx.post(f"{url}/auth/login", json=body, timeout=30)
+
+
 def test_three_nodes_spread_reschedule_rollout_down(tmp_path: Path, three_nodes: Cluster) -> None:
-    """One manager, two workers; images from the registry on the nodes' network. Two auth
-    replicas land on two nodes (a port published in host mode takes one task per node); a
-    stopped worker's replica moves to the node left; `rollout auth` is a Swarm update that
-    drops no request; `down` leaves nothing on any node."""
+    """One manager, two workers; images from the registry on the nodes' network; profile
+    `edge`. Two auth replicas land on two nodes; a login through the gateway; `rollout auth`
+    (a Swarm update) while requests run through the gateway: none fails; a stopped worker's
+    tasks (auth, and the gateway if it ran there) move to the nodes left, `status` is healthy
+    again and a login through the gateway works again; `down` leaves nothing on any node."""
+    from tests.servers import free_port
+
     cluster = three_nodes
     project = _project(tmp_path, cluster)
     project.env["ATENDEAI_AUTH_REPLICAS"] = "2"
+    project.env["ATENDEAI_PROFILES"] = "edge"
+    project.env["ATENDEAI_GATEWAY_PORT"] = str(free_port())
     try:
         done = project.run("up", "--json", timeout=600)
         report = json.loads(done.stdout)
@@ -459,11 +475,10 @@ def test_three_nodes_spread_reschedule_rollout_down(tmp_path: Path, three_nodes:
         auth = _status(project)["auth"]
         assert auth["replicas"] == {"desired": 2, "running": 2}
         nodes = {t["node"] for t in auth["tasks"]}
-        assert len(nodes) == 2, auth["tasks"]
+        assert len(nodes) == 2, auth["tasks"]  # spread, not stacked on one node
         pg = _status(project)["postgres"]
         assert [t["node"] for t in pg["tasks"]] == [cluster.manager]  # the data node
 
-        # Login on each node that runs auth (host mode: the port answers where a task runs).
         _admin(cluster, project, "python -m atendeai_ctl clinic create Alpha --slug alpha")
         _admin(
             cluster,
@@ -472,58 +487,67 @@ def test_three_nodes_spread_reschedule_rollout_down(tmp_path: Path, three_nodes:
             "--clinic alpha --password-stdin",
             PW=PASSWORD,
         )
-        for node in nodes:
-            assert _login(cluster, project, node).status_code == 200
+        gateway = _gateway_url(cluster, project)
+        # Both replicas answer through the gateway (its DNS discovery spans the nodes).
+        answered = {_login_at(gateway).status_code for _ in range(6)}
+        assert answered == {200}, answered
 
-        # `rollout auth`: every task replaced, one at a time, while requests run. With no
-        # gateway in front, a client that tries the next node when one does not answer (what a
-        # load balancer does) must never find none (bounded: at most 400 rounds, 120 s).
+        # `rollout auth` while requests run through the gateway (bounded: at most 400
+        # requests, 120 s): every task replaced, start-first, and no request fails.
         failures: list[str] = []
+        served = 0
         stop = threading.Event()
 
         def load() -> None:
-            port = project.env["ATENDEAI_AUTH_PORT"]
+            nonlocal served
             with httpx.Client(timeout=5) as http:
                 for _ in range(400):
                     if stop.is_set():
                         return
-                    answers = []
-                    for node in cluster.nodes:
-                        try:
-                            answers.append(
-                                http.get(f"http://{cluster.address(node)}:{port}/health/live")
-                            )
-                        except httpx.HTTPError:
-                            continue
-                        if answers[-1].status_code == 200:
-                            break
+                    try:
+                        got = http.get(f"{gateway}/.well-known/jwks.json")
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
                     else:
-                        failures.append(str([a.status_code for a in answers]))
+                        if got.status_code == 200:
+                            served += 1
+                        else:
+                            failures.append(str(got.status_code))
                     time.sleep(0.2)
 
         runner = threading.Thread(target=load)
         runner.start()
         try:
             rolled = project.run("rollout", "auth", "--json", timeout=300)
+            time.sleep(3)  # the old tasks' exit, after the rollout converged
         finally:
             stop.set()
             runner.join(timeout=130)
         assert rolled.returncode == 0, (rolled.stdout, rolled.stderr)
         result = json.loads(rolled.stdout)
         assert result["runtime"] == "swarm" and len(result["replaced"]) == 2, result
-        assert failures == []
+        assert failures == [] and served > 10, (failures, served)
 
-        # A worker that runs auth stops: its replica is rescheduled on the node left.
+        # A worker that runs auth stops: its tasks are rescheduled on the nodes left.
+        nodes = {t["node"] for t in _status(project)["auth"]["tasks"] if t["state"] == "running"}
         worker = next(n for n in sorted(nodes) if n != cluster.manager)
         subprocess.run(["docker", "stop", "-t", "2", worker], check=True, capture_output=True)
-        _wait(
-            lambda: (
-                {t["node"] for t in _status(project)["auth"]["tasks"] if t["state"] == "running"}
-                == set(cluster.nodes) - {worker}
-            ),
-            timeout=180,
-        )
+
+        def moved() -> bool:
+            status = _status(project)
+            running = {
+                name: {t["node"] for t in status[name]["tasks"] if t["state"] == "running"}
+                for name in ("auth", "gateway")
+            }
+            return (
+                running["auth"] == set(cluster.nodes) - {worker}
+                and len(running["gateway"]) == 1
+                and worker not in running["gateway"]
+            )
+
+        _wait(moved, timeout=180)
         assert project.run("status").returncode == 0
+        _wait(lambda: _login_at(_gateway_url(cluster, project)).status_code, 60, expected=200)
         cluster.restart(worker)
     finally:
         down = project.run("down", "--volumes", "--yes", "--no-backup", "--json", timeout=300)
