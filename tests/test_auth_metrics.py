@@ -297,8 +297,15 @@ def _worker_pids(served: Served) -> set[int]:
         except (OSError, ValueError, IndexError):
             continue
         procs[int(entry.name)] = (ppid, args)
-    parents = {pid for pid, (_, args) in procs.items() if f"auth serve --port {port} " in args}
-    return {pid for pid, (ppid, args) in procs.items() if ppid in parents and "spawn_main" in args}
+    parents = {
+        pid
+        for pid, (ppid, args) in procs.items()
+        if f"auth serve --port {port} " in args and procs.get(ppid, (0, ""))[1] != args
+    }
+    # The workers are forked from the supervisor: the same command line, its children.
+    return {
+        pid for pid, (ppid, args) in procs.items() if ppid in parents and procs[ppid][1] == args
+    }
 
 
 def test_a_killed_worker_leaves_the_gauges_and_keeps_its_counts(

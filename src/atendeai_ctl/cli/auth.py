@@ -75,6 +75,8 @@ def serve(
     with multiprocess_dir():
         run(
             "atendeai_ctl.auth.http:create_app",
+            # What each worker's uvicorn would import after the fork (see auth/_server.py).
+            preload=("uvloop", "uvicorn.loops.uvloop", "uvicorn.lifespan.on"),
             factory=True,
             host=host,
             port=port,
