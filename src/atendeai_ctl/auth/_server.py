@@ -32,7 +32,6 @@ from typing import Any
 import uvicorn.supervisors.multiprocess as _multiprocess
 from uvicorn._subprocess import subprocess_started
 from uvicorn.config import Config
-
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
