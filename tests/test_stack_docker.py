@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -60,6 +61,35 @@ def test_up_from_nothing_brings_every_service_to_healthy(stack: Project) -> None
     res = project_resources(stack.name)
     assert res["networks"] == [f"{stack.name}-network"]
     assert sorted(res["volumes"]) == [f"{stack.name}_pgdata", f"{stack.name}_redisdata"]
+    # Fresh, auth started beside the migrate job (x-atendeai.start_early), not after it,
+    # and was judged ready only after it: the database lets it in the moment `up` returns.
+    started, finished = _started_at(stack, "auth"), _finished_at(stack, "migrate")
+    assert started < finished, (started, finished)
+    assert httpx.get(f"{_auth_url(stack)}/health/ready", timeout=5).status_code == 200
+
+
+def _state(project: Project, service: str) -> dict[str, str]:
+    import docker
+
+    [container] = docker.from_env().containers.list(
+        all=True,
+        filters={"label": [f"com.docker.compose.project={project.name}",
+                           f"com.docker.compose.service={service}"]},
+    )  # fmt: skip
+    state: dict[str, str] = container.attrs["State"]
+    return state
+
+
+def _started_at(project: Project, service: str) -> str:
+    return _state(project, service)["StartedAt"]  # RFC 3339, UTC: compares as text
+
+
+def _finished_at(project: Project, service: str) -> str:
+    return _state(project, service)["FinishedAt"]
+
+
+def _auth_url(project: Project) -> str:
+    return f"http://127.0.0.1:{project.env['ATENDEAI_AUTH_PORT']}"
 
 
 def test_schema_is_migrated_and_the_cli_targets_the_stack(stack: Project) -> None:
@@ -221,6 +251,36 @@ def test_changed_service_is_recreated_alone(stack: Project) -> None:
     assert set(after) == {"postgres", "redis", "migrate", "auth"}
     with socket.create_connection(("127.0.0.1", int(stack.env["ATENDEAI_REDIS_PORT"])), 2):
         pass
+
+
+def test_a_replaced_auth_still_waits_for_the_migrate_job(stack: Project) -> None:
+    """start_early is for a fresh service only: when auth and migrate are both replaced (a
+    new image name here), the old auth keeps serving until the job has run, and the new one
+    starts after it, so new code never serves beside a schema it was not migrated for."""
+    import docker
+
+    image = docker.from_env().images.get(
+        stack.env.get("ATENDEAI_AUTH_IMAGE", "atendeai-auth:latest")
+    )
+    retagged = f"atendeai-test/auth-retag:{stack.name}"
+    image.tag(retagged)
+    previous = stack.env.get("ATENDEAI_AUTH_IMAGE")
+    try:
+        stack.env["ATENDEAI_AUTH_IMAGE"] = retagged
+        report = stack.json("up")
+        assert report["ok"] is True, report
+        actions = {s["name"]: s["action"] for s in report["services"]}
+        assert actions["auth"] == "recreated" and actions["migrate"] == "recreated", actions
+        started, finished = _started_at(stack, "auth"), _finished_at(stack, "migrate")
+        assert started > finished, (started, finished)
+        assert httpx.get(f"{_auth_url(stack)}/health/ready", timeout=5).status_code == 200
+    finally:
+        if previous is None:
+            stack.env.pop("ATENDEAI_AUTH_IMAGE", None)
+        else:
+            stack.env["ATENDEAI_AUTH_IMAGE"] = previous
+        assert stack.json("up")["ok"] is True
+        docker.from_env().images.remove(retagged)
 
 
 def test_down_volumes_needs_yes_without_a_terminal(stack: Project) -> None:

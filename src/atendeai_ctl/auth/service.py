@@ -129,6 +129,8 @@ class Service:
         self.redis_health = Dependency(
             "redis", self._probe_redis, timeout=settings.redis_timeout_s, log=self.log
         )
+        self._db_seen = False
+        """Whether PostgreSQL has let this worker in yet (see _first_db_check)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Service:
@@ -190,6 +192,7 @@ class Service:
 
     async def start(self) -> None:
         await self._open_db_pools()
+        self._spawn(self._first_db_check())
         self._spawn(self.leases.run())
         target = self.redis_target
         rt = self.settings.redis_timeout_s
@@ -292,10 +295,21 @@ class Service:
         assert self.redis is not None
         await self.redis.ping()
 
+    async def _first_db_check(self) -> None:
+        """One probe as the worker starts. `up` may start auth before the migrate job has
+        created its role (orchestrator.starts_early), and the pools then retry on
+        psycopg_pool's backoff (1 s, 2 s, 4 s ...): found absent now, PostgreSQL is marked
+        down, so the worker notices it within PROBE_INTERVAL_S of its arrival and opens
+        fresh pools then."""
+        if await self.db_health.check():
+            self._db_seen = True
+
     async def _db_recovered(self, outage: float) -> None:
-        """After a long outage, fresh pools (REBUILD_AFTER_S says why); the old ones close in
-        the background, their stuck borrowers' connections with them."""
-        if outage < REBUILD_AFTER_S:
+        """After a long outage, or when PostgreSQL had never let this worker in, fresh pools
+        (REBUILD_AFTER_S says why); the old ones close in the background, their stuck
+        borrowers' connections with them."""
+        seen, self._db_seen = self._db_seen, True
+        if outage < REBUILD_AFTER_S and seen:
             return
         old = (self.pool, self.apool)
         await self._open_db_pools()

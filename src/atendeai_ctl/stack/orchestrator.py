@@ -134,6 +134,18 @@ class StatusReport:
         }
 
 
+def starts_early(service: Service) -> bool:
+    """`x-atendeai.start_early`: the service may start before the one-shot jobs it depends on
+    have completed (its other conditions still hold first); it is only judged ready after
+    they have. For a service whose own start is slow and that copes without the jobs' work
+    (auth answers 503 until the database lets it in, then notices within 0.2 s: auth/deps.py),
+    so its start overlaps the migrate job's instead of following it. Only when every copy is
+    created afresh: a running service being replaced keeps waiting for the jobs, so new code
+    never serves beside an old schema while the old copy still could."""
+    block = service.extensions.get("x-atendeai") or {}
+    return isinstance(block, dict) and block.get("start_early") is True
+
+
 def one_shot_services(spec: StackSpec) -> frozenset[str]:
     """Jobs that run to completion (others wait for service_completed_successfully)."""
     return frozenset(
@@ -197,8 +209,12 @@ class _Up:
             self.abort.set()
         self.emit(service.name, "failed", reason)
 
-    def wait_for_dependencies(self, service: Service) -> bool:
+    def wait_for_dependencies(self, service: Service, *, jobs: bool | None = None) -> bool:
+        """Until every `depends_on` condition holds (False: `up` is aborting). `jobs`: only
+        the conditions on one-shot jobs (True) or only the others (False)."""
         for dep, condition in service.depends_on:
+            if jobs is not None and (condition == "service_completed_successfully") != jobs:
+                continue
             event = self.started[dep] if condition == "service_started" else self.ready[dep]
             if not event.is_set():
                 self.emit(
@@ -219,7 +235,10 @@ class _Up:
             self.emit(name, "creating")
             actions = [self.runtime.ensure(self.spec, copy) for copy in copies]
             result.action = next((a for a in actions if a != "unchanged"), "unchanged")
-            if not self.wait_for_dependencies(service):
+            # A fresh service that says it copes without its jobs' work starts beside them
+            # and is judged ready only once they are done (starts_early).
+            early = starts_early(service) and set(actions) == {"created"}
+            if not self.wait_for_dependencies(service, jobs=False if early else None):
                 return
             if name in self.one_shot:
                 return self.run_job(service, self.runtime.inspect(service))
@@ -235,6 +254,8 @@ class _Up:
                 # Already running, and the engine's own healthcheck passed: a probe would only
                 # say it again (the auth probe starts a Python process in the container).
             self.started[name].set()
+            if early and not self.wait_for_dependencies(service, jobs=True):
+                return
             if not pending:
                 self.done(service, "healthy")
             for copy in pending:
