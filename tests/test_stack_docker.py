@@ -66,6 +66,10 @@ def test_up_from_nothing_brings_every_service_to_healthy(stack: Project) -> None
     started, finished = _started_at(stack, "auth"), _finished_at(stack, "migrate")
     assert started < finished, (started, finished)
     assert httpx.get(f"{_auth_url(stack)}/health/ready", timeout=5).status_code == 200
+    # And the migrate job started beside PostgreSQL (start_early: all; it waits for the
+    # server itself, `migrate up --wait-db`), not once PostgreSQL was healthy.
+    events = [line.split(" (")[0] for line in done.stderr.splitlines()]
+    assert events.index("migrate: starting") < events.index("postgres: healthy"), events
 
 
 def _state(project: Project, service: str) -> dict[str, str]:

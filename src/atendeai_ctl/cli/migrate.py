@@ -111,11 +111,25 @@ def up(
     project_dir: ProjectDirOption = None,
     no_wait: NoWaitOption = False,
     json_output: JsonOption = False,
+    wait_db: Annotated[
+        float,
+        typer.Option(
+            "--wait-db",
+            metavar="SECONDS",
+            min=0,
+            help="Wait up to SECONDS for the database to accept connections (for a job "
+            "started beside its database).",
+        ),
+    ] = 0,
 ) -> None:
     """Apply pending migrations and set the atendeai_app password from the generated secret."""
     from atendeai_ctl.db import migrations
 
     config, url = target(project_dir, database_url)
+    if wait_db:
+        from atendeai_ctl.db.connect import wait_for_database
+
+        wait_for_database(url, wait_db)
     password = config.get("ATENDEAI_APP_DB_PASSWORD") or None
     if not dry_run:
         _show_progress()

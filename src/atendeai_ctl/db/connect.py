@@ -166,3 +166,29 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
     with database_errors(url):
         return psycopg.connect(psycopg_url(url), **kwargs)
+
+
+def wait_for_database(url: str, seconds: float, *, interval: float = 0.1) -> None:
+    """Until the server accepts a connection, for at most `seconds`; then AtendeaiError.
+
+    For a job started beside its database rather than after it (`up` starts the migrate job
+    early, orchestrator.starts_early): a server still initialising refuses TCP, its name may
+    not resolve yet, or it says it is starting up (57P03); those are waited out. A refused
+    password or a missing database is not a matter of time and fails at once."""
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with psycopg.connect(psycopg_url(url), connect_timeout=CONNECT_TIMEOUT):
+                return
+        except psycopg.OperationalError as exc:
+            # libpq's connection errors carry no SQLSTATE (a refused password neither):
+            # translate_error tells "cannot reach it" (unavailable) from the rest.
+            error = translate_error(exc, url)
+            retry = error.code == "unavailable" or exc.sqlstate == "57P03"
+            if not retry or time.monotonic() + interval > deadline:
+                raise error from exc
+        time.sleep(interval)

@@ -134,16 +134,25 @@ class StatusReport:
         }
 
 
-def starts_early(service: Service) -> bool:
-    """`x-atendeai.start_early`: the service may start before the one-shot jobs it depends on
-    have completed (its other conditions still hold first); it is only judged ready after
-    they have. For a service whose own start is slow and that copes without the jobs' work
-    (auth answers 503 until the database lets it in, then notices within 0.2 s: auth/deps.py),
-    so its start overlaps the migrate job's instead of following it. Only when every copy is
-    created afresh: a running service being replaced keeps waiting for the jobs, so new code
+EarlyStart = Literal["jobs", "all"]
+
+
+def starts_early(service: Service) -> EarlyStart | None:
+    """`x-atendeai.start_early`, for a service whose own start is slow and that copes without
+    what it depends on, so its start overlaps theirs instead of following it:
+
+    - `jobs`: started once its other conditions hold, before the one-shot jobs it depends on
+      have completed (auth: it answers 503 until the database lets it in, then notices
+      within 0.2 s, auth/deps.py);
+    - `all`: started at once, before any dependency holds (the migrate job: its command
+      waits for the database itself, `migrate up --wait-db`).
+
+    Either way it is judged ready (a job: complete) only once all its conditions hold. Only
+    when every copy is created afresh: a service being replaced waits as before, so new code
     never serves beside an old schema while the old copy still could."""
     block = service.extensions.get("x-atendeai") or {}
-    return isinstance(block, dict) and block.get("start_early") is True
+    value = block.get("start_early") if isinstance(block, dict) else None
+    return value if value in ("jobs", "all") else None
 
 
 def one_shot_services(spec: StackSpec) -> frozenset[str]:
@@ -235,13 +244,15 @@ class _Up:
             self.emit(name, "creating")
             actions = [self.runtime.ensure(self.spec, copy) for copy in copies]
             result.action = next((a for a in actions if a != "unchanged"), "unchanged")
-            # A fresh service that says it copes without its jobs' work starts beside them
-            # and is judged ready only once they are done (starts_early).
-            early = starts_early(service) and set(actions) == {"created"}
-            if not self.wait_for_dependencies(service, jobs=False if early else None):
+            # A fresh service that copes without (some of) its dependencies starts beside
+            # them and is judged ready only once they hold (starts_early).
+            early = starts_early(service) if set(actions) == {"created"} else None
+            if early != "all" and not self.wait_for_dependencies(
+                service, jobs=False if early == "jobs" else None
+            ):
                 return
             if name in self.one_shot:
-                return self.run_job(service, self.runtime.inspect(service))
+                return self.run_job(service, self.runtime.inspect(service), early)
             pending = []
             for copy in copies:
                 status = self.runtime.inspect(copy)
@@ -254,7 +265,9 @@ class _Up:
                 # Already running, and the engine's own healthcheck passed: a probe would only
                 # say it again (the auth probe starts a Python process in the container).
             self.started[name].set()
-            if early and not self.wait_for_dependencies(service, jobs=True):
+            if early and not self.wait_for_dependencies(
+                service, jobs=True if early == "jobs" else None
+            ):
                 return
             if not pending:
                 self.done(service, "healthy")
@@ -282,11 +295,24 @@ class _Up:
             retire(self.spec, self.runtime, copy)
         self.emit(service.name, self.results[service.name].result)  # type: ignore[arg-type]
 
-    def run_job(self, service: Service, status: ServiceStatus) -> None:
+    def run_job(
+        self, service: Service, status: ServiceStatus, early: EarlyStart | None = None
+    ) -> None:
         """A one-shot job runs again on every `up`, unless its work is already done: then an
         unchanged container that last exited 0 is left alone, and a new one (after `down`)
         runs without holding up the services that wait for it."""
         name = service.name
+        if early:
+            # Started before its dependencies hold (it waits for them itself); whether its
+            # work is already done is asked once they do, as below.
+            self.emit(name, "starting")
+            self.runtime.start(service)
+            self.started[name].set()
+            if not self.wait_for_dependencies(service, jobs=True if early == "jobs" else None):
+                return
+            if self.job_is_current is not None and self.job_is_current(service):
+                self.ready[name].set()  # dependents go on; `up` still waits for the job
+            return self.await_ready(service)
         current = self.job_is_current is not None and self.job_is_current(service)
         action = self.results[name].action
         if current and action == "unchanged" and status.state == "exited" and not status.exit_code:
