@@ -155,15 +155,16 @@ def admin_url(project: Project) -> str:
 
 
 def project_resources(name: str) -> dict[str, list[str]]:
-    """Everything on the engine that carries the project's label."""
+    """Everything on the engine that carries the project's label, sorted by name (the
+    engine lists volumes in no fixed order: two reads of one project compared unequal)."""
     import docker
 
     client = docker.from_env()
     label = {"label": f"com.docker.compose.project={name}"}
     return {
-        "containers": [c.name for c in client.containers.list(all=True, filters=label)],
-        "networks": [n.name for n in client.networks.list(filters=label)],
-        "volumes": [v.name for v in client.volumes.list(filters=label)],
+        "containers": sorted(c.name for c in client.containers.list(all=True, filters=label)),
+        "networks": sorted(n.name for n in client.networks.list(filters=label)),
+        "volumes": sorted(v.name for v in client.volumes.list(filters=label)),
     }
 
 
