@@ -16,8 +16,9 @@ interpreter that imports the whole app again (about 0.7 s of CPU each here, in p
 everything else `up` starts). `run` imports the app's modules once, in the supervisor, before
 any worker exists (no threads, no event loop, no sockets but the listening one), and forks
 the workers from that: they start serving in milliseconds and share the imported code's
-pages. uvicorn has no option for it; `run` swaps the one function that makes the worker
-process, `uvicorn.supervisors.multiprocess.get_subprocess`, for a fork-context twin.
+pages. uvicorn has no option for it; `run` gives its worker-making function
+(`uvicorn._subprocess.get_subprocess`) the fork context in place of the spawn one it keeps
+in `uvicorn._subprocess.spawn`, so the rest of uvicorn's worker start is its own.
 """
 
 from __future__ import annotations
@@ -25,13 +26,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import multiprocessing
-import sys
-from socket import socket
 from typing import Any
 
-import uvicorn.supervisors.multiprocess as _multiprocess
-from uvicorn._subprocess import subprocess_started
-from uvicorn.config import Config
+import uvicorn._subprocess
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
@@ -102,33 +99,17 @@ class _ClosingMultiprocess(Multiprocess):
         super().terminate_all()
 
 
-def _forked_subprocess(
-    config: Config, target: Any, sockets: list[socket]
-) -> multiprocessing.process.BaseProcess:
-    """uvicorn._subprocess.get_subprocess, with the fork context instead of spawn."""
-    try:
-        stdin_fileno: int | None = sys.stdin.fileno()
-    except (AttributeError, OSError):
-        stdin_fileno = None
-    kwargs = {"config": config, "target": target, "sockets": sockets}
-    return multiprocessing.get_context("fork").Process(
-        target=subprocess_started, kwargs={**kwargs, "stdin_fileno": stdin_fileno}
-    )
-
-
 def run(app: str, preload: tuple[str, ...] = (), **options: Any) -> None:
     """uvicorn.run, with _ClosingMultiprocess when there are several workers (one worker
     closes its listening socket itself when told to stop), forked after `preload` (module
     names) and the app's module are imported."""
-    import uvicorn
-
     config = uvicorn.Config(app, **options)
     if config.workers <= 1:
         uvicorn.run(app, **options)
         return
     for module in (*preload, app.partition(":")[0]):
         importlib.import_module(module)
-    _multiprocess.get_subprocess = _forked_subprocess  # type: ignore[assignment]
+    uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
     sock = config.bind_socket()
     try:
         _ClosingMultiprocess(config, sockets=[sock]).run()
