@@ -66,10 +66,26 @@ def _admin(cluster: Cluster, project: Project, script: str, **env: str) -> str:
     return output
 
 
-def _login(cluster: Cluster, project: Project, node: str | None = None) -> httpx.Response:
-    url = f"http://{cluster.address(node)}:{project.env['ATENDEAI_AUTH_PORT']}"
+def _seed_user(cluster: Cluster, project: Project) -> None:
+    """Clinic alpha and its user ana@alpha.test, whom _login_at logs in."""
+    _admin(cluster, project, "python -m atendeai_ctl clinic create Alpha --slug alpha")
+    _admin(
+        cluster,
+        project,
+        'printf "%s\\n" "$PW" | python -m atendeai_ctl user create ana@alpha.test '
+        "--clinic alpha --password-stdin",
+        PW=PASSWORD,
+    )
+
+
+def _login_at(url: str) -> httpx.Response:
     body = {"clinic": "alpha", "email": "ana@alpha.test", "password": PASSWORD}
     return httpx.post(f"{url}/auth/login", json=body, timeout=30)
+
+
+def _login(cluster: Cluster, project: Project, node: str | None = None) -> httpx.Response:
+    """On the port auth publishes on `node` (no gateway)."""
+    return _login_at(f"http://{cluster.address(node)}:{project.env['ATENDEAI_AUTH_PORT']}")
 
 
 def test_refuses_an_engine_outside_a_swarm(tmp_path: Path) -> None:
@@ -169,14 +185,7 @@ def test_one_node_up_status_login_down(tmp_path: Path, one_node: Cluster) -> Non
         assert by_name["migrate"]["state"] == "exited" and by_name["migrate"]["exit_code"] == 0
 
         # Login through the auth service, on the port it publishes on the node.
-        _admin(one_node, project, "python -m atendeai_ctl clinic create Alpha --slug alpha")
-        _admin(
-            one_node,
-            project,
-            'printf "%s\\n" "$PW" | python -m atendeai_ctl user create ana@alpha.test '
-            "--clinic alpha --password-stdin",
-            PW=PASSWORD,
-        )
+        _seed_user(one_node, project)
         login = _login(one_node, project)
         assert login.status_code == 200, login.text
         assert login.json()["access_token"]
@@ -320,14 +329,7 @@ def test_edge_gateway_login_and_rollout_without_a_failure(
         auth_env = specs["auth"]["TaskTemplate"]["ContainerSpec"]["Env"]
         assert f"ATENDEAI_AUTH_TRUSTED_PROXIES={subnet}" in auth_env
 
-        _admin(one_node, project, "python -m atendeai_ctl clinic create Alpha --slug alpha")
-        _admin(
-            one_node,
-            project,
-            'printf "%s\\n" "$PW" | python -m atendeai_ctl user create ana@alpha.test '
-            "--clinic alpha --password-stdin",
-            PW=PASSWORD,
-        )
+        _seed_user(one_node, project)
         body = {"clinic": "alpha", "email": "ana@alpha.test", "password": PASSWORD}
         login = httpx.post(
             f"{gateway}/auth/login",
@@ -449,11 +451,6 @@ def _gateway_url(cluster: Cluster, project: Project) -> str:
     return f"http://{cluster.address(task['node'])}:{project.env['ATENDEAI_GATEWAY_PORT']}"
 
 
-def _login_at(url: str) -> httpx.Response:
-    body = {"clinic": "alpha", "email": "ana@alpha.test", "password": PASSWORD}
-    return httpx.post(f"{url}/auth/login", json=body, timeout=30)
-
-
 def test_three_nodes_spread_reschedule_rollout_down(tmp_path: Path, three_nodes: Cluster) -> None:
     """One manager, two workers; images from the registry on the nodes' network; profile
     `edge`. Two auth replicas land on two nodes; a login through the gateway; `rollout auth`
@@ -479,14 +476,7 @@ def test_three_nodes_spread_reschedule_rollout_down(tmp_path: Path, three_nodes:
         pg = _status(project)["postgres"]
         assert [t["node"] for t in pg["tasks"]] == [cluster.manager]  # the data node
 
-        _admin(cluster, project, "python -m atendeai_ctl clinic create Alpha --slug alpha")
-        _admin(
-            cluster,
-            project,
-            'printf "%s\\n" "$PW" | python -m atendeai_ctl user create ana@alpha.test '
-            "--clinic alpha --password-stdin",
-            PW=PASSWORD,
-        )
+        _seed_user(cluster, project)
         gateway = _gateway_url(cluster, project)
         # Both replicas answer through the gateway (its DNS discovery spans the nodes).
         answered = {_login_at(gateway).status_code for _ in range(6)}
