@@ -23,7 +23,7 @@ ROOT = Path(__file__).parent.parent
 
 HEAVY = (
     "docker", "requests", "alembic", "sqlalchemy", "uvicorn", "psycopg_pool", "starlette",
-    "pydantic",  # Typer's parameter adapters: `status` is parsed without them
+    "pydantic",  # Typer 0.29+ parameter adapters (pyproject pins below 0.29)
 )  # fmt: skip
 
 
