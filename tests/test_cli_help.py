@@ -1,6 +1,6 @@
 """Every command's --help, walked over the real command tree (issue 14, CLI polish).
 
-No value placeholder on a flag (Typer 0.29 prints `<bool>`), argument names in upper case in
+No value placeholder on a flag (Typer's own Click copy prints `<bool>`), argument names in upper case in
 every usage line, value options named, and the main commands show examples that use only
 options the command has.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from atendeai_ctl.cli.app import command
+from atendeai_ctl.cli.app import _built, command
 from tests.cli_helpers import run_main
 
 MAIN_COMMANDS = [
@@ -113,3 +113,39 @@ def test_no_typer_app_would_print_locals_in_a_crash_report() -> None:
     for each in apps:
         assert each.pretty_exceptions_show_locals is False, each.info.name
     assert app.pretty_exceptions_enable is False  # main() prints one line, or a plain traceback
+
+
+def describe(cmd: Any) -> Any:
+    """What a user sees of a command: its help, epilog and every parameter, recursively."""
+    params = [
+        (
+            p.name,
+            p.opts,
+            p.secondary_opts,
+            p.metavar,
+            getattr(p, "help", None),
+            p.required,
+            p.default,
+        )
+        for p in cmd.params
+    ]
+    subs = {name: describe(sub) for name, sub in getattr(cmd, "commands", {}).items()}
+    return (type(cmd).__name__, cmd.help, cmd.epilog, params, subs)
+
+
+def test_a_command_built_alone_is_the_same_as_in_the_whole_tree() -> None:
+    """One invocation builds only the command it names (the rest costs about 1 ms a
+    command); what it builds must be what the whole tree holds."""
+    whole = _built(None)
+    assert len(whole.commands) > 15
+    for name, cmd in whole.commands.items():
+        alone = _built(name)
+        assert list(alone.commands) == [name]
+        assert describe(alone.commands[name]) == describe(cmd)
+        assert describe(alone)[3] == describe(whole)[3]  # the root's own options
+
+
+def test_a_misspelt_command_is_answered_from_the_whole_tree() -> None:
+    ran = run_main(["statsu"], env=HELP_ENV)
+    assert ran.code == 2 and "No such command 'statsu'" in ran.stderr
+    assert command(["statsu"]) is _built(None) and command(["status"]) is _built("status")

@@ -36,14 +36,15 @@ from atendeai_ctl.cli._input import check_arguments, check_environment
 from atendeai_ctl.cli.render import error
 from atendeai_ctl.errors import AtendeaiError
 
-app = typer.Typer(
-    name="atendeai",
-    help="Operate the AtendeAI stack: services, schema, auth service and administration.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    pretty_exceptions_show_locals=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+_SETTINGS: dict[str, Any] = {
+    "name": "atendeai",
+    "help": "Operate the AtendeAI stack: services, schema, auth service and administration.",
+    "no_args_is_help": True,
+    "pretty_exceptions_enable": False,
+    "pretty_exceptions_show_locals": False,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+app = typer.Typer(**_SETTINGS)
 
 
 def _version(value: bool) -> None:
@@ -100,11 +101,11 @@ def _unexpected(exc: BaseException, *, debug: bool) -> AtendeaiError:
 
 def _name_params(command: Any) -> None:
     """Help that reads like the best Typer CLIs: a flag shows no value placeholder (Typer
-    0.29 prints `<bool>` on every flag), and every argument and value option without an
+    0.29 printed `<bool>` on every flag), and every argument and value option without an
     explicit metavar gets its name in upper case, like Click's default, so usage lines and
     errors never mix `{EMAIL}` and `{name}`.
 
-    Duck-typed on purpose: Typer 0.29 builds on its own copy of Click's classes.
+    Duck-typed on purpose: Typer 0.26 and later build on their own copy of Click's classes.
     """
     for param in command.params:
         if param.param_type_name == "option" and (param.is_flag or param.count):
@@ -134,17 +135,43 @@ def _tidy_help_options(root: Any, args: Sequence[str]) -> None:
         ctx = command.context_class(command, info_name=name, parent=ctx, **command.context_settings)
 
 
+def _addressed(args: Sequence[str]) -> str | None:
+    """The top-level command `args` name, when it is one of `app`'s; None for anything else
+    (no command, a root option first, a misspelling), which needs the whole tree."""
+    name = args[0] if args else None
+    commands = {
+        info.name or typer.main.get_command_name(info.callback.__name__)  # type: ignore[union-attr]
+        for info in app.registered_commands
+    }
+    groups = {info.name for info in app.registered_groups}
+    return name if name in commands or name in groups else None
+
+
 @functools.cache
-def _built() -> Any:
-    built = typer.main.get_command(app)
+def _built(only: str | None = None) -> Any:
+    """Typer's Click group for `app`, or for `app` holding only the command `only`: Typer
+    turns each command's signature into Click parameters when it builds the group, about
+    1 ms a command, and one invocation runs one command. Usage lines, errors and the
+    command's help read the same either way."""
+    source = app
+    if only is not None:
+        source = typer.Typer(**_SETTINGS)
+        source.registered_callback = app.registered_callback
+        source.registered_commands = [
+            info
+            for info in app.registered_commands
+            if (info.name or typer.main.get_command_name(info.callback.__name__)) == only  # type: ignore[union-attr]
+        ]
+        source.registered_groups = [info for info in app.registered_groups if info.name == only]
+    built = typer.main.get_command(source)
     _name_params(built)
     return built
 
 
 def command(args: Sequence[str] = ()) -> Any:
-    """The command tree of `app` (Typer's Click group), built once per process, with help
+    """The command tree for `args` (Typer's Click group), built once per process, with help
     tidied for the commands `args` address."""
-    built = _built()
+    built = _built(_addressed(args))
     _tidy_help_options(built, args)
     return built
 
