@@ -21,12 +21,18 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.state import write_private
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+# cryptography is imported where a key is made or read: `atendeai up` on a project whose key
+# exists only lists the directory, and the import is about 20 ms of every `up`.
 
 KID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{8}$")
 RELOAD_INTERVAL_S = 1.0
@@ -41,6 +47,8 @@ def _new_kid() -> str:
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -56,6 +64,9 @@ def public_jwk(kid: str, key: Ed25519PublicKey) -> dict[str, str]:
 
 
 def _write_key(directory: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     kid = _new_kid()
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
@@ -67,6 +78,9 @@ def _write_key(directory: Path) -> str:
 
 
 def _load_private(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
