@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from atendeai_ctl.cli.app import main
+from atendeai_ctl.cli.main import main
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Every command's --help, walked over the real command tree (issue 14, CLI polish).
 
-No value placeholder on a flag (Typer's own Click copy prints `<bool>`), argument names in upper case in
-every usage line, value options named, and the main commands show examples that use only
+No value placeholder on a flag (Typer 0.29 printed `<bool>`), argument names in upper case
+in every usage line, value options named, and the main commands show examples that use only
 options the command has.
 """
 

@@ -303,12 +303,12 @@ def test_rollout_to_a_replica_that_never_gets_ready_rolls_back(edge: Project) ->
 
 
 def test_status_fast_path_lists_replicas(edge: Project) -> None:
-    """`status --json` goes through cli.stack.status_shortcut (no Typer): the same rows."""
+    """`status --json` goes through cli.status.status_shortcut (no Typer): the same rows."""
     _scale(edge, 2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
     env.update(edge.env)
     code = (
-        "import sys; from atendeai_ctl.cli.stack import status_shortcut; "
+        "import sys; from atendeai_ctl.cli.status import status_shortcut; "
         "sys.exit(status_shortcut(['--json']))"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,

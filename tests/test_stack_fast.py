@@ -24,6 +24,7 @@ ROOT = Path(__file__).parent.parent
 HEAVY = (
     "docker", "requests", "alembic", "sqlalchemy", "uvicorn", "psycopg_pool", "starlette",
     "pydantic",  # Typer 0.29+ parameter adapters (pyproject pins below 0.29)
+    "typer", "click", "rich",  # cli/main.py answers `status` before the command tree
 )  # fmt: skip
 
 

@@ -1,3 +1,3 @@
-from atendeai_ctl.cli.app import main
+from atendeai_ctl.cli.main import main
 
 main()

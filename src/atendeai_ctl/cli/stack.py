@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from atendeai_ctl.cli.options import JsonOption, NoWaitOption, ProjectDirOption, YesOption
-from atendeai_ctl.cli.render import LiveProgress, confirm, info, print_json, table
+from atendeai_ctl.cli.render import LiveProgress, confirm, info, print_json
+from atendeai_ctl.cli.status import report_status
 from atendeai_ctl.config import Config, load_config
 from atendeai_ctl.errors import AtendeaiError
 
@@ -197,87 +196,15 @@ def _backup_before_deleting(cfg: Config) -> dict[str, object]:
     return {"file": str(taken.path), "verified": report.ok, "revision": report.revision}
 
 
-def _uptime(started_at: str | None) -> str:
-    if not started_at:
-        return ""
-    try:
-        started = datetime.fromisoformat(started_at[:26].rstrip("Z") + "+00:00")
-    except ValueError:
-        return ""
-    seconds = int((datetime.now(UTC) - started).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
 def status(
     project_dir: ProjectDirOption = None,
     runtime: RuntimeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """What runs and whether it is healthy. Exit 0 all healthy, 3 not, 1 engine unreachable."""
-    code = _status(project_dir, runtime, as_json)
+    code = report_status(project_dir, runtime, as_json)
     if code:
         raise typer.Exit(code)
-
-
-def _status(project_dir: object, runtime: str | None, as_json: bool) -> int:
-    from atendeai_ctl.stack import orchestrator
-    from atendeai_ctl.stack.project import load_stack, open_runtime
-
-    cfg = _config(project_dir).with_secrets(generate=True)
-    spec = load_stack(cfg)
-    report = orchestrator.status(spec, open_runtime(cfg, runtime), project=cfg.project)
-    if "backup" in spec.services:
-        from atendeai_ctl.stack.backup_status import backup_warnings
-
-        report.warnings += backup_warnings(cfg, {s.name for s in report.services})
-    if as_json:
-        print_json(report.to_dict())
-    else:
-        rows = [
-            (
-                s.name,
-                s.state if s.exit_code is None else f"{s.state} ({s.exit_code})",
-                s.health,
-                ", ".join(f"{p.host}:{p.port}->{p.target}" for p in s.ports),
-                _uptime(s.started_at) if s.state == "running" else "",
-            )
-            for s in report.services
-        ]
-        table(("service", "state", "health", "ports", "uptime"), rows)
-        for warning in report.warnings:
-            info(f"warning: {warning}")
-    return 0 if report.ok else 3
-
-
-def status_shortcut(args: Sequence[str]) -> int | None:
-    """`status [--json] [--project-dir DIR] [--runtime NAME]` parsed here, not by Typer:
-    building the command and parsing with it is about a tenth of this command's time, and
-    `status` is what scripts and CI poll all day.
-
-    Only these exact forms: anything else (--help, an unknown option, a value missing) answers
-    None, and the command goes the normal way with Typer's parsing and messages. The options'
-    environment variables are read by load_config and open_runtime, as with Typer.
-    """
-    values: dict[str, str] = {}
-    as_json = False
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        name, sep, value = arg.partition("=")
-        if arg == "--json":
-            as_json = True
-        elif name in ("--project-dir", "--runtime") and name not in values:
-            if not sep:
-                if not rest or rest[0].startswith("-"):
-                    return None
-                value = rest.pop(0)
-            values[name] = value
-        else:
-            return None
-    return _status(values.get("--project-dir"), values.get("--runtime"), as_json)
 
 
 def logs(
