@@ -120,6 +120,21 @@ def test_a_tampered_payload_is_refused_even_after_the_original_was_cached(tmp_pa
     assert refusal_reason(verifier, f"{header}.{forged}.{signature}") == "bad_signature"
 
 
+def test_a_signature_of_another_length_is_a_bad_signature(tmp_path: Path) -> None:
+    """libsodium takes signature and message as one buffer, so the length is checked first;
+    every length but 64 is refused with the reason, never an error of another kind."""
+    ring = _ring(tmp_path)
+    verifier = Verifier(ring, FAST)
+    _, key = ring.signing_key()
+    header, payload, _ = _token(ring).split(".")
+    signed = f"{header}.{payload}".encode()
+    real = key.sign(signed)
+    for signature in (real[:63], real + b"\0", b"", real[:32], real * 2, real[1:] + real[:1]):
+        forged = f"{header}.{payload}.{_b64(signature)}"
+        assert refusal_reason(verifier, forged) == "bad_signature"
+    assert verifier.verify(f"{header}.{payload}.{_b64(real)}")["sub"]
+
+
 def test_an_expired_token_is_refused_also_from_the_cache(tmp_path: Path) -> None:
     ring = _ring(tmp_path)
     verifier = Verifier(ring, FAST)
