@@ -11,7 +11,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,48 @@ def test_status_asks_the_engine_and_imports_nothing_heavy(stack: Project) -> Non
     redis = next(s for s in json.loads(after.stdout)["services"] if s["name"] == "redis")
     assert redis["state"] == "exited"
     assert stack.run("up").returncode == 0
+
+
+def test_status_right_after_a_restart_asks_the_services_not_exec(stack: Project) -> None:
+    """Until Docker's first healthcheck runs (5 s after a start), the engine says `starting`;
+    `status` settles that by asking PostgreSQL and Redis through their published ports (no
+    `docker exec`), so it says `healthy` as soon as they answer, before the engine does."""
+    import docker
+
+    client = docker.from_env()
+    names = {"postgres": f"{stack.name}-postgres-1", "redis": f"{stack.name}-redis-1"}
+    since = time.time()
+    for name in names.values():
+        client.containers.get(name).restart(timeout=2)
+    deadline = time.monotonic() + 60
+    while True:
+        done = stack.run("status", "--json")
+        ours = {s["name"]: s["health"] for s in json.loads(done.stdout)["services"]}
+        if all(ours[s] == "healthy" for s in names):
+            break
+        assert time.monotonic() < deadline, done.stdout
+        time.sleep(0.2)
+    assert done.returncode == 0, done.stderr
+
+    def checks_since_restart(name: str) -> list[float]:
+        log = client.api.inspect_container(name)["State"]["Health"]["Log"] or []
+        starts = [datetime.fromisoformat(c["Start"][:26].rstrip("Z") + "+00:00") for c in log]
+        return sorted(s.timestamp() for s in starts if s.timestamp() > since)
+
+    for service, name in names.items():
+        until_checked = time.monotonic() + 60
+        while not checks_since_restart(name):
+            assert time.monotonic() < until_checked, f"{service}: the engine never checked"
+            time.sleep(0.5)
+        engine_checked = checks_since_restart(name)[0]
+        execs = [
+            event
+            for event in client.events(
+                since=since, until=engine_checked - 0.05, decode=True,
+                filters={"container": name, "event": "exec_create"},
+            )
+        ]  # fmt: skip
+        assert execs == [], f"{service}: status exec'd before the engine's first check"
 
 
 def test_status_options_outside_the_short_path_get_typer_parsing(stack: Project) -> None:

@@ -394,14 +394,18 @@ class DockerRuntime:
 
     @staticmethod
     def _probe_from_host(service: Service) -> ProbeResult | None:
-        """An HTTP readiness check (`x-atendeai.local.probe.http`) asked through the published
-        port instead of by exec: the auth healthcheck starts a Python process in the container
-        each time, and polled every 50-250 ms while auth itself starts, those processes took
-        the CPU auth needed (on 2 cores, seconds of a warm `up`). Same endpoint, same answer;
-        pg_isready and redis-cli stay exec'd, they cost next to nothing."""
+        """The healthcheck's question asked through the published port instead of by exec,
+        where the local runtime's probe (`x-atendeai.local.probe`) asks the same thing:
+        HTTP readiness, Redis PING, PostgreSQL accepting connections (pg_isready's test).
+        An exec is a process started in the container: the auth healthcheck's Python, polled
+        every 50-250 ms while auth itself starts, took the CPU auth needed (on 2 cores,
+        seconds of a warm `up`); and a `status` right after `up`, when Docker's first
+        healthcheck has not run yet, spent most of its time in two execs. Anything else
+        (Sentinel's quorum and replica checks, a port of the local runtime's own) stays
+        exec'd."""
         local = (service.extensions.get("x-atendeai") or {}).get("local") or {}
         check = local.get("probe") if isinstance(local, dict) else None
-        if not isinstance(check, dict) or "http" not in check or not service.ports:
+        if not isinstance(check, dict) or not service.ports:
             return None
         if "port" in check:  # a port of the local runtime's own (the gateway's internal one)
             return None
@@ -409,9 +413,21 @@ class DockerRuntime:
         from atendeai_ctl.stack import probes
 
         port = service.ports[0]
-        return probes.http_get(
-            f"http://{connect_host(port.host_ip)}:{port.host_port}{check['http']}"
-        )
+        host = connect_host(port.host_ip)
+        env = service.env
+        if "http" in check:
+            return probes.http_get(f"http://{host}:{port.host_port}{check['http']}")
+        if str(check.get("redis", "")).upper() == "PING":
+            password = env.get("REDIS_PASSWORD") or None
+            return probes.redis_command(host, port.host_port, password=password, command="PING")
+        if "sql" in check:
+            return probes.pg_accepting(
+                host,
+                port.host_port,
+                user=env.get("POSTGRES_USER", "postgres"),
+                dbname=env.get("POSTGRES_DB", "postgres"),
+            )
+        return None
 
     def inspect(self, service: Service) -> ServiceStatus:
         container = self._container(service.name, service.replica)
