@@ -69,12 +69,16 @@ class AuthDb:
 
 
 @pytest.fixture
-def auth_db(pg: PostgresServer, database_url: str) -> AuthDb:
-    """A fresh database at the migrations' head; the app role's password set."""
+def auth_db(pg: PostgresServer, database_url: str, migrated_template: str) -> AuthDb:
+    """A fresh database at the migrations' head (a copy of conftest's `migrated_template`);
+    `upgrade` then finds it at head and sets the app role's password, as on a real stack."""
     from atendeai_ctl.db.migrations import upgrade
 
-    upgrade(database_url, app_password=APP_PASSWORD)
     name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    upgrade(database_url, app_password=APP_PASSWORD)
     return AuthDb(database_url, pg.url(name, user="atendeai_app", password=APP_PASSWORD))
 
 

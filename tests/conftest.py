@@ -48,6 +48,18 @@ def database_url(pg: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def migrated_template(pg: PostgresServer) -> str:
+    """A database migrated to head once per session, for auth_helpers.auth_db to copy: a copy
+    takes about 0.08 s where running the migrations takes 0.4 s, and some 180 tests need one."""
+    from atendeai_ctl.db.migrations import upgrade
+    from tests.auth_helpers import APP_PASSWORD
+
+    name = pg.create_database()
+    upgrade(pg.url(name), app_password=APP_PASSWORD)
+    return name
+
+
+@pytest.fixture(scope="session")
 def redis_srv() -> Iterator[RedisServer]:
     with redis_server() as server:
         yield server
