@@ -1,6 +1,7 @@
 """The gateway's cost: `GET /auth/verify` through HAProxy against one auth replica direct.
 
     python bench/edge.py [--runtime docker|local] [--duration 8] [--rounds 3] [--connections 50]
+                         [--tokens N]
 
 Brings up one throwaway project with `atendeai up --profile edge` (Docker with the stand-in
 images by default, or the local runtime's system haproxy and processes), seeds a clinic and a
@@ -24,6 +25,19 @@ image tag on Docker (removed at the end).
 Fairness: both sides are reached the same way, through the port the engine publishes on
 127.0.0.1 (on Docker that is docker-proxy for the replica and for the gateway alike), by the
 same wrk command (threads, connections, duration, script, token); only the URL differs.
+
+A second view, `--tokens N`: one token on every request is the verifier's best case (its
+cache answers after the first request, so the gateway's share looks large). With `--tokens N`
+every configuration of every round is also run over a pool of N distinct tokens (verify_miss
+in bench/auth.py), and the medians and ratios of those runs are printed apart. The pool is made
+once, through the auth service as a client would get them: a few logins, then a chain of
+refreshes each (every refresh hands out a new access token, without a bcrypt hash). Each wrk
+thread walks its slice of the pool in order, and every run continues where the previous one
+stopped (bench/wrk/auth.lua TOKEN_START), so no token is sent twice until N requests have been
+sent in all; `fresh` is the share of a run's requests whose token was never sent before (certain
+cache misses). A repeat is a miss too when the worker that gets it has cached 8192 other tokens
+since (its cache is cleared when full): with N at least 4 x 8192 (bench/auth.py's pool) that
+holds for the auth service's 2 workers per replica; a smaller N prints a warning.
 
 Requests/s counts 2xx only; non-2xx, socket errors and timeouts are printed for every run and
 a configuration with any of them gets no ratio. Prints every run with the load average, the
@@ -49,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -59,6 +74,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,7 +86,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from auth import Result, errors_of, wrk  # noqa: E402
+from auth import POOL_SIZE, WRK_THREADS, Result, errors_of, wrk  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
 
@@ -145,6 +161,8 @@ def project_copy(source: Path, dest: Path) -> None:
     compose = dest / "compose" / "docker-compose.yml"
     spec = yaml.safe_load(compose.read_text())
     spec["services"]["auth"]["environment"]["ATENDEAI_AUTH_REQUESTS_PER_IP"] = "1000000000"
+    # Pool tokens are made before the first run and must outlive the whole bench.
+    spec["services"]["auth"]["environment"]["ATENDEAI_AUTH_ACCESS_TTL"] = "7200"
     compose.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
@@ -313,6 +331,56 @@ def stack(runtime: str) -> Iterator[tuple[Stack, str]]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def token_pool(url: str, count: int, chains: int = 8) -> list[str]:
+    """`count` distinct access tokens of the bench user. One login per chain, then refreshes:
+    each rotation returns a new access token (its own jti) for the price of a database write,
+    where a login per token would cost a bcrypt hash each."""
+    body = {"clinic": "alpha", "email": EMAIL, "password": PASSWORD}
+
+    def chain(size: int) -> list[str]:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            got = http.post("/auth/login", json=body)
+            got.raise_for_status()
+            tokens = [str(got.json()["access_token"])]
+            refresh = str(got.json()["refresh_token"])
+            while len(tokens) < size:
+                got = http.post("/auth/refresh", json={"refresh_token": refresh})
+                got.raise_for_status()
+                tokens.append(str(got.json()["access_token"]))
+                refresh = str(got.json()["refresh_token"])
+        return tokens
+
+    sizes = [count // chains + (1 if k < count % chains else 0) for k in range(chains)]
+    with ThreadPoolExecutor(chains) as workers:
+        tokens = list(itertools.chain.from_iterable(workers.map(chain, [s for s in sizes if s])))
+    if len(set(tokens)) != count:
+        raise RuntimeError(f"the token pool has {len(set(tokens))} distinct tokens, not {count}")
+    return tokens
+
+
+class Pool:
+    """The `--tokens` pool and how far the walk has gone: runs continue it (TOKEN_START)."""
+
+    def __init__(self, path: Path, tokens: list[str], threads: int) -> None:
+        path.write_text("\n".join(tokens) + "\n")
+        self.path, self.size, self.threads = path, len(tokens), threads
+        self.sent = 0
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MODE": "verify",
+            "TOKEN_FILE": str(self.path),
+            "TOKENS_PER_THREAD": str(self.size // self.threads),
+            "TOKEN_START": str(self.sent // self.threads),
+        }
+
+    def advance(self, requests: int) -> float:
+        """Count a run's requests; the share of them whose token had never been sent."""
+        fresh = max(0, min(requests, self.size - self.sent))
+        self.sent += requests
+        return fresh / max(1, requests)
+
+
 def cpu_of(processes: dict[int, str]) -> Cpu:
     used: Cpu = {}
     for pid, component in processes.items():
@@ -321,14 +389,18 @@ def cpu_of(processes: dict[int, str]) -> Cpu:
     return used
 
 
-def measure(project: Stack, config: str, token: str, args: argparse.Namespace) -> Result:
-    """One wrk run; the result gains `cpu_us`: CPU microseconds per 2xx response, by component
-    (`total` leaves out the shared engine)."""
+def measure(
+    project: Stack, config: str, token: str, args: argparse.Namespace, pool: Pool | None = None
+) -> Result:
+    """One wrk run (one token, or the pool's next stretch); the result gains `cpu_us`: CPU
+    microseconds per 2xx response, by component (`total` leaves out the shared engine)."""
     url = project.direct if config == "direct" else project.gateway
     processes = project.serving_processes()
+    env = pool.env() if pool is not None else {"MODE": "verify", "TOKEN": token}
     before, children = cpu_of(processes), os.times()
-    result = wrk(url, {"MODE": "verify", "TOKEN": token}, connections=args.connections,
-                 duration=args.duration, timeout="5s")  # fmt: skip
+    result = wrk(url, env, connections=args.connections, duration=args.duration, timeout="5s")
+    if pool is not None:
+        result["fresh"] = pool.advance(int(result["requests"]))
     after, children_after = cpu_of(processes), os.times()
     used = {c: after[c] - before.get(c, 0.0) for c in after}
     used["wrk"] = (children_after.children_user + children_after.children_system) - (
@@ -357,6 +429,7 @@ def describe(config: str, result: Result) -> str:
             if errors
             else ""
         )
+        + (f"  fresh {result['fresh']:.0%}" if "fresh" in result else "")
         + "\n          cpu us/req "
         + " ".join(f"{c} {v:.0f}" for c, v in sorted(result["cpu_us"].items(), key=_cpu_order))
     )
@@ -373,13 +446,32 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--tokens", type=int, default=0, metavar="N",
+        help="also run every configuration over a pool of N distinct tokens (cache misses)",
+    )  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/edge.py needs wrk (apt-get install wrk)")
+    threads = min(WRK_THREADS, args.connections)
+    if args.tokens and args.tokens < threads:
+        sys.exit(f"--tokens needs at least {threads} tokens (one slice per wrk thread)")
     runs: dict[str, list[Result]] = {c: [] for c in CONFIGS}
+    misses: dict[str, list[Result]] = {c: [] for c in CONFIGS}
     with stack(args.runtime) as (project, token):
+        pool = None
+        if args.tokens:
+            started = time.monotonic()
+            tokens = token_pool(project.direct, args.tokens)
+            pool = Pool(Path(project.env["ATENDEAI_STATE_DIR"]) / "pool.txt", tokens, threads)
+            print(f"pool of {args.tokens} distinct tokens made in "
+                  f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+            if args.tokens < POOL_SIZE:
+                print(f"warning: --tokens below {POOL_SIZE}: once `fresh` drops below 100%, "
+                      "some requests may be answered from the verifier's cache")  # fmt: skip
+        views = "one token" + (f", then {args.tokens} distinct tokens (miss)" if pool else "")
         print(f"runtime {args.runtime}, {args.connections} connections, {args.duration:.0f} s "
-              f"per run, verify with one token; load {load()}", flush=True)  # fmt: skip
+              f"per run, verify with {views}; load {load()}", flush=True)  # fmt: skip
         replicas = 1
         for round_index in range(args.rounds + 1):
             label = "warm-up (discarded)" if round_index == 0 else f"round {round_index}"
@@ -392,12 +484,20 @@ def main() -> None:
                 print(f"  {describe(config, result)}  load {load()}", flush=True)
                 if round_index:
                     runs[config].append(result)
-    report(runs)
+                if pool is not None:
+                    result = measure(project, config, token, args, pool)
+                    print(f"  {describe(config + ' miss', result)}  load {load()}", flush=True)
+                    if round_index:
+                        misses[config].append(result)
+    report(runs, "medians (one token):")
+    if pool is not None:
+        # The second view: figures only, the issue's target is the one-token figure.
+        report(misses, f"medians ({args.tokens} distinct tokens, cache misses):", target=False)
 
 
-def report(runs: dict[str, list[Result]]) -> None:
+def report(runs: dict[str, list[Result]], title: str, target: bool = True) -> None:
     medians: dict[str, dict[str, Any]] = {}
-    print("medians:")
+    print(title)
     for config, results in runs.items():
         errors = sum(errors_of(r) for r in results)
         medians[config] = {
@@ -421,11 +521,11 @@ def report(runs: dict[str, list[Result]]) -> None:
         rps, p99 = m["rps"] / direct["rps"], m["p99"] / direct["p99"]
         cpu = direct["cpu_us"]["total"] / m["cpu_us"]["total"]
         verdict = ""
-        if config == "gw1":
+        if config == "gw1" and target:
             verdict = "  target >= 0.80: " + ("met" if rps >= 0.8 else "NOT met")
         print(f"  {config}/direct: throughput {rps:.2f}x, p99 {p99:.2f}x, "
               f"cpu ratio {cpu:.2f}x{verdict}")  # fmt: skip
-    print(json.dumps({"medians": medians, "load": load()}))
+    print(json.dumps({"view": title, "medians": medians, "load": load()}))
 
 
 if __name__ == "__main__":

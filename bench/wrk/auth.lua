@@ -4,6 +4,8 @@
 --   MODE=verify  TOKEN_FILE=tokens.txt               GET  /auth/verify, a rotating pool: thread i
 --       sends lines [i*n/T, (i+1)*n/T) in order, so a token repeats only after the whole slice
 --       (`wraps` counts how often a thread went round; 0 means no token was sent twice)
+--       TOKEN_START=k (optional): each thread begins at line k of its slice, so successive runs
+--       can continue the walk where the previous one stopped instead of resending its tokens
 --   MODE=health  HEALTH_PATH=/health/ready           GET  HEALTH_PATH
 --   MODE=login   CLINIC=.. EMAIL=.. PASSWORD=..      POST /auth/login (correct password)
 --   MODE=refresh SEED_FILE=tokens.txt SEEDS_PER_THREAD=N
@@ -48,6 +50,7 @@ function init(args)
       pool = slice(file, thread_id, assert(tonumber(os.getenv("TOKENS_PER_THREAD"))))
       pool_n = #pool
       assert(pool_n > 0, "empty token slice")
+      pool_i = (tonumber(os.getenv("TOKEN_START") or "0") or 0) % pool_n
     else
       wrk.headers["Authorization"] = "Bearer " .. assert(os.getenv("TOKEN"), "TOKEN not set")
     end
