@@ -310,6 +310,9 @@ def test_normalize_is_idempotent_and_keys_agree(value: str) -> None:
     assert unsafe(value) == ("\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value))
 
 
+SHARED_RESOLVER = ClientAddress(parse_networks("127.0.0.1, 10.0.0.0/8"))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     entries=st.lists(st.one_of(st.ip_addresses().map(str), st.text(max_size=12)), max_size=6),
@@ -321,8 +324,12 @@ def test_forwarded_client_is_never_a_forgery_left_of_the_proxies(
     trusted = parse_networks("127.0.0.1, 10.0.0.0/8")
     resolve = ClientAddress(trusted)
     header = ",".join(entries).encode("utf-8", "replace")
-    client = resolve({"client": (peer, 1), "headers": [(b"x-forwarded-for", header)]})
+    scope = {"client": (peer, 1), "headers": [(b"x-forwarded-for", header)]}
+    client = resolve(scope)
     ipaddress.ip_address(client)  # always an address
+    # The walk is remembered by the header values: asked again, and by a resolver that has
+    # seen every example so far, the answer is the same.
+    assert resolve(scope) == client and SHARED_RESOLVER(scope) == client
     if peer == "192.0.2.8":
         assert client == peer
         return
