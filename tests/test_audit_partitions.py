@@ -72,7 +72,7 @@ def test_up_to_an_older_revision_then_head_ensures_them(database_url: str) -> No
     migrations.upgrade(database_url, "0002")
     drop_future(database_url)
     outcome = migrations.upgrade(database_url)
-    assert outcome.applied == ["0003", "0004"]
+    assert outcome.applied == ["0003", "0004", "0005"]
     assert set(coming_partitions(database_url)) <= attached_partitions(database_url)
 
 

@@ -34,7 +34,7 @@ def test_dump_then_restore_brings_the_data_back(database_url: str, tmp_path: Pat
     add_clinic(database_url, "added-later")
     backup.restore(database_url, path)
     assert clinic_slugs(database_url) == ["kept"]
-    assert current(database_url) == "0004"
+    assert current(database_url) == "0005"
 
 
 def test_restore_refuses_files_that_are_not_dumps(database_url: str, tmp_path: Path) -> None:

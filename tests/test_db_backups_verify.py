@@ -83,7 +83,7 @@ def test_the_manifest_describes_the_dump_and_the_database(
     data = taken.path.read_bytes()
     assert manifest.sha256 == hashlib.sha256(data).hexdigest()
     assert manifest.size == len(data)
-    assert manifest.revision == current(database_url) == "0004"
+    assert manifest.revision == current(database_url) == "0005"
     assert manifest.tables == row_counts(database_url)
     assert manifest.tables["clinics"] == 3 and manifest.tables["alembic_version"] == 1
     assert manifest.project == "proj" and manifest.reason == "backup"
@@ -152,7 +152,7 @@ def test_cli_backup_keep_and_backups_json(database_url: str, state_dir: Path) ->
     rows = document["backups"]
     assert [r["file"] for r in rows] == [str(paths[2]), str(paths[1])]
     for row in rows:
-        assert row["revision"] == "0004" and row["project"] == "atendeai"
+        assert row["revision"] == "0005" and row["project"] == "atendeai"
         assert row["size"] == Path(row["file"]).stat().st_size
         assert 0 <= row["age_seconds"] < 120 and row["verified"] is None
         assert row["problem"] is None and row["reason"] == "backup"
@@ -162,7 +162,7 @@ def test_cli_backup_keep_and_backups_json(database_url: str, state_dir: Path) ->
     as_json = cli("db", "backup", "--json", "--keep", "2", "--database-url", database_url)
     assert as_json.returncode == 0, as_json.stderr
     taken = json.loads(as_json.stdout)
-    assert taken["revision"] == "0004" and taken["pruned"] == [str(paths[1])]
+    assert taken["revision"] == "0005" and taken["pruned"] == [str(paths[1])]
 
 
 def test_the_rollback_backup_has_a_manifest(database_url: str, state_dir: Path) -> None:
@@ -171,7 +171,7 @@ def test_the_rollback_backup_has_a_manifest(database_url: str, state_dir: Path) 
     assert result.returncode == 0, result.stderr
     (entry,) = backup.list_backups(state_dir / "atendeai" / "backups")
     assert entry.manifest is not None and entry.problem is None
-    assert entry.manifest.reason == "before-rollback" and entry.manifest.revision == "0004"
+    assert entry.manifest.reason == "before-rollback" and entry.manifest.revision == "0005"
 
 
 def test_verify_passes_on_a_good_dump_and_records_it(database_url: str, tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_verify_passes_on_a_good_dump_and_records_it(database_url: str, tmp_path
     taken = backup.take_backup(database_url, tmp_path, project="proj")
     report = verify_backup(database_url, taken.path)
     assert report.ok, report.problems
-    assert report.restored and report.revision == "0004"
+    assert report.restored and report.revision == "0005"
     assert report.tables == taken.manifest.tables
     assert report.scratch_database and report.scratch_database.startswith(SCRATCH_PREFIX)
     assert scratch_databases(database_url) == []
@@ -209,7 +209,7 @@ def test_verify_catches_another_revision(database_url: str, tmp_path: Path) -> N
     edit_manifest(taken.path, revision="0002")
     report = verify_backup(database_url, taken.path)
     assert report.restored and not report.ok
-    assert report.problems == ["revision: manifest says 0002, the dump holds 0004"]
+    assert report.problems == ["revision: manifest says 0002, the dump holds 0005"]
     assert scratch_databases(database_url) == []
 
 

@@ -16,7 +16,7 @@ from tests.db_helpers import (
     schema_dump,
     tables,
 )
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, postgres_server
 
 
 def revisions() -> list[str]:
@@ -93,7 +93,7 @@ def test_a_failing_migration_leaves_no_trace(database_url: str) -> None:
         migrations.upgrade(database_url, extra_version_dirs=[FAILING_MIGRATIONS])
     assert raised.value.code == "failed"
     assert "9999" in raised.value.message and "division by zero" in raised.value.message
-    assert raised.value.hint is not None and "stays at 0004" in raised.value.hint
+    assert raised.value.hint is not None and "stays at 0005" in raised.value.hint
     assert schema_dump(database_url) == before
     assert current(database_url) == revisions()[-1]
     with psycopg.connect(database_url) as conn:
@@ -101,11 +101,11 @@ def test_a_failing_migration_leaves_no_trace(database_url: str) -> None:
 
 
 def test_a_failing_migration_keeps_the_ones_before_it(database_url: str) -> None:
-    assert revisions()[-1] == "0004", "re-base tests/failing_migrations on the new head"
+    assert revisions()[-1] == "0005", "re-base tests/failing_migrations on the new head"
     with pytest.raises(AtendeaiError) as raised:
         migrations.upgrade(database_url, extra_version_dirs=[FAILING_MIGRATIONS])
     assert raised.value.code == "failed"
-    assert current(database_url) == "0004"
+    assert current(database_url) == "0005"
     assert "should_not_exist" not in tables(database_url)
 
 
@@ -132,15 +132,15 @@ def test_unknown_revision_is_not_found(database_url: str) -> None:
 
 def test_rollback_steps_and_to(database_url: str) -> None:
     migrations.upgrade(database_url)
-    assert migrations.rollback(database_url, steps=3).target == "0001"
+    assert migrations.rollback(database_url, steps=4).target == "0001"
     assert current(database_url) == "0001"
     with pytest.raises(AtendeaiError) as raised:
         migrations.rollback(database_url, steps=2)
     assert raised.value.code == "invalid"
     migrations.upgrade(database_url)
     plan = migrations.rollback(database_url, to="0002", dry_run=True)
-    assert [r.revision for r in plan.planned] == ["0004", "0003"]
-    assert current(database_url) == "0004"
+    assert [r.revision for r in plan.planned] == ["0005", "0004", "0003"]
+    assert current(database_url) == "0005"
 
 
 def test_app_role_is_a_plain_login_role_with_the_given_password(
@@ -178,7 +178,14 @@ def test_the_password_never_appears_in_a_statement(database_url: str) -> None:
     assert scram_sha256_verifier("x", salt=b"0" * 16).startswith("SCRAM-SHA-256$4096:")
 
 
-def test_role_is_kept_while_another_database_uses_it(database_url: str, pg: PostgresServer) -> None:
+def test_role_is_kept_while_another_database_uses_it() -> None:
+    """The cluster-wide app role goes with the last database that uses it, so this runs on a
+    cluster of its own: the session's holds conftest's migrated template."""
+    with postgres_server() as pg:
+        _role_is_kept_while_another_database_uses_it(pg.url(pg.create_database()), pg)
+
+
+def _role_is_kept_while_another_database_uses_it(database_url: str, pg: PostgresServer) -> None:
     other = pg.create_database()
     try:
         migrations.upgrade(database_url)

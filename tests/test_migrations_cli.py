@@ -16,7 +16,7 @@ from atendeai_ctl.db.migrations import MIGRATION_LOCK_KEY
 from tests.db_helpers import ROOT, SCHEMA_TABLES, cli, current, dbname, tables
 from tests.servers import PostgresServer, free_port
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def write_secrets(state_dir: Path, **values: str) -> None:
@@ -40,7 +40,7 @@ def test_status_exit_code_follows_pending_migrations(database_url: str) -> None:
     assert json.loads(behind.stdout) == {
         "current": None,
         "head": HEAD,
-        "pending": ["0001", "0002", "0003", "0004"],
+        "pending": ["0001", "0002", "0003", "0004", "0005"],
     }
     up = cli("migrate", "up", "--database-url", database_url)
     assert up.returncode == 0, up.stderr
@@ -121,7 +121,7 @@ def test_rollback_backs_up_first(database_url: str, state_dir: Path) -> None:
     migrations.upgrade(database_url)
     result = cli("migrate", "rollback", "--yes", "--database-url", database_url)
     assert result.returncode == 0, result.stderr
-    assert current(database_url) == "0003"
+    assert current(database_url) == "0004"
     dumps = list((state_dir / "atendeai" / "backups").glob("*.dump"))
     assert len(dumps) == 1
     assert str(dumps[0]) in result.stderr
@@ -133,15 +133,15 @@ def test_rollback_dry_run_and_no_backup(database_url: str, state_dir: Path) -> N
     migrations.upgrade(database_url)
     dry = cli("migrate", "rollback", "--to", "base", "--dry-run", "--database-url", database_url)
     assert dry.returncode == 0
-    planned = [line.split()[2] for line in dry.stdout.splitlines()[:4]]
-    assert planned == ["0004", "0003", "0002", "0001"]
+    planned = [line.split()[2] for line in dry.stdout.splitlines()[:5]]
+    assert planned == ["0005", "0004", "0003", "0002", "0001"]
     assert current(database_url) == HEAD
     result = cli(
         "migrate", "rollback", "--to", "base", "--yes", "--no-backup", "--json",
         "--database-url", database_url,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["applied"] == ["0004", "0003", "0002", "0001"]
+    assert json.loads(result.stdout)["applied"] == ["0005", "0004", "0003", "0002", "0001"]
     assert tables(database_url) == set()
     assert not list((state_dir / "atendeai" / "backups").glob("*"))
 
@@ -151,8 +151,8 @@ def test_history_and_sql() -> None:
     history = cli("migrate", "history", "--json")
     assert history.returncode == 0
     revisions = json.loads(history.stdout)
-    assert [r["revision"] for r in revisions] == ["0001", "0002", "0003", "0004"]
-    assert [r["is_head"] for r in revisions] == [False, False, False, True]
+    assert [r["revision"] for r in revisions] == ["0001", "0002", "0003", "0004", "0005"]
+    assert [r["is_head"] for r in revisions] == [False, False, False, False, True]
     sql = cli("migrate", "sql")
     assert sql.returncode == 0
     assert "CREATE TABLE atendeai.users" in sql.stdout
@@ -255,8 +255,8 @@ def test_two_concurrent_ups_apply_each_migration_once(database_url: str) -> None
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     stderr = "".join(err for _, err in results)
-    assert stderr.count("Running upgrade") == 4, stderr
-    for revision in ("0001", "0002", "0003", "0004"):
+    assert stderr.count("Running upgrade") == 5, stderr
+    for revision in ("0001", "0002", "0003", "0004", "0005"):
         assert stderr.count(f"-> {revision},") == 1, stderr
     assert sorted(out.strip().split(";")[0] for out, _ in results) == [f"at {HEAD}"] * 2
     assert tables(database_url) == SCHEMA_TABLES

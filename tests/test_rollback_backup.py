@@ -17,7 +17,7 @@ from atendeai_ctl.db.backup import find_tool, server_major
 from atendeai_ctl.errors import AtendeaiError
 from tests.db_helpers import cli, current, schema_dump
 
-HEAD = "0004"
+HEAD = "0005"
 
 # Claims the server's major with the newest minor, so the finder picks it over the real one;
 # then fails like a full disk.
@@ -92,7 +92,7 @@ def test_no_backup_is_the_only_way_past_a_failing_pg_dump(
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     result = cli("migrate", "rollback", "--yes", "--no-backup", "--database-url", database_url)
     assert result.returncode == 0, result.stderr
-    assert current(database_url) == "0003"
+    assert current(database_url) == "0004"
 
 
 def test_a_backup_into_a_path_that_cannot_be_made_is_one_clear_error(

@@ -1,7 +1,7 @@
 """Test only: changes schema and data, then fails, to prove a failed migration leaves no trace.
 
 Revision ID: 9999
-Revises: 0004
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "9999"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
