@@ -13,9 +13,10 @@ the audit row; COMMIT. Under a concurrent refresh of the same token the lock wai
 the row (READ COMMITTED), sees it spent and writes nothing. A refused refresh reads the
 verdict columns and records it (and revokes the session on reuse) in a second transaction.
 The several statements travel in one simple-protocol message, which needs client-side
-binding (psycopg's ClientCursor escapes every value); the heavy statement is server-side
-prepared once per connection (planning the join and the CTEs costs more than running them),
-and the tenant is set by its own statement before any RLS-protected table is read.
+binding (psycopg's ClientCursor escapes every value); both statements are server-side
+prepared once per connection (planning the join and the CTEs costs more than running them,
+and even the one-line tenant SELECT costs a parse and a plan per refresh otherwise), and the
+tenant is set by its own statement before any RLS-protected table is read.
 
 The decision logic is written once, as a generator that yields SQL and receives results
 (`_flow`); `refresh` drives it on a sync connection (admin tools, tests) and `refresh_async`
@@ -39,6 +40,9 @@ from atendeai_ctl.auth.settings import AuthSettings
 from atendeai_ctl.auth.tokens import issue_access_token, new_refresh_token, refresh_token_hash
 
 _PREPARE = """
+PREPARE atendeai_refresh_tenant (bytea) AS
+SELECT set_config('atendeai.clinic_id',
+                  coalesce(atendeai.refresh_token_clinic($1)::text, ''), true);
 PREPARE atendeai_refresh (bytea, int, bytea, int, inet) AS
 WITH cur AS (
   SELECT rt.id, rt.session_id, rt.used_at IS NOT NULL AS used,
@@ -78,8 +82,7 @@ SELECT session_id, used, in_grace, revoked, expired, user_id, role, clinic_id,
 
 _REFRESH = """
 BEGIN;
-SELECT set_config('atendeai.clinic_id',
-                  coalesce(atendeai.refresh_token_clinic({h})::text, ''), true);
+EXECUTE atendeai_refresh_tenant({h});
 EXECUTE atendeai_refresh({h}, {grace:d}, {new}, {ttl:d}, {ip});
 COMMIT
 """
