@@ -240,12 +240,24 @@ async def refresh(service: Service, scope: Scope, receive: Receive) -> bytes:
     ip = service.client_ip(scope)
     await service.gate(ip)
     body = _parse_object(await _read_body(scope, receive), REFRESH_FIELDS)
-    assert service.apool is not None
     try:
-        async with service.apool.connection() as conn:
-            pair = await refresh_async(
-                conn, service.ring, service.settings, refresh_token=body["refresh_token"], ip=ip
-            )
+        await service.db_turn()
+        try:
+            pool = service.apool
+            assert pool is not None
+            # getconn/putconn rather than connection(): its `async with conn` would ask the
+            # connection for a COMMIT it has nothing to commit (refresh_async leaves it idle,
+            # rolled back on any error); putconn still checks it and discards a broken one.
+            conn = await pool.getconn()
+            try:
+                pair = await refresh_async(
+                    conn, service.ring, service.settings,
+                    refresh_token=body["refresh_token"], ip=ip,
+                )  # fmt: skip
+            finally:
+                await pool.putconn(conn)
+        finally:
+            service.db_turns.release()
     except RefreshRefused as exc:
         level = "warning" if exc.reason == "reuse" else "info"
         service.log.emit(level, "refresh_refused", reason=exc.reason, ip=ip)

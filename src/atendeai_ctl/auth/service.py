@@ -110,6 +110,9 @@ class Service:
             cores, thread_name_prefix="bcrypt", initializer=_yield_cpu
         )
         self.db_slots = CapacityLimiter(pool_max)
+        # Refreshes queue here for one of the async pool's connections (see db_turn).
+        self.db_turns = asyncio.Semaphore(pool_max)
+        self.db_turns_waiting = 0
         self.pool: ConnectionPool | None = None
         self.apool: AsyncConnectionPool | None = None
         self.redis: aioredis.Redis | None = None
@@ -246,12 +249,13 @@ class Service:
     def refresh_metrics(self) -> None:
         """Sample the pool gauges and fold the hot-path tallies into the shared metrics.
 
-        The sync pool's waiting count includes requests queued for a thread slot (db_slots):
-        they wait for a connection just the same.
+        Each pool's waiting count includes the requests queued in front of it (the sync
+        pool's for a thread slot, db_slots; the async pool's for a turn, db_turns): they wait
+        for a connection just the same.
         """
         for name, pool, queued in (
             ("sync", self.pool, self.db_slots.statistics().tasks_waiting),
-            ("async", self.apool, 0),
+            ("async", self.apool, self.db_turns_waiting),
         ):
             if pool is not None:
                 stats = pool.get_stats()
@@ -332,6 +336,31 @@ class Service:
         checks = ((self.db_health, database), (self.redis_health, cache))
         answered = await asyncio.gather(*(health.check(work) for health, work in checks))
         return [health.name for (health, _), ok in zip(checks, answered, strict=True) if not ok]
+
+    async def db_turn(self) -> None:
+        """Wait (at most db_timeout_s, then PoolTimeout, as the pool would) for one of
+        pool_max turns; the caller borrows from the async pool only while holding one, and
+        gives it back with `db_turns.release()`.
+
+        Under load most refreshes find every connection lent, and psycopg_pool's wait for one
+        wraps each in asyncio.wait_for, a Task per request (about a tenth of a refresh's CPU
+        in the worker). Queued here instead, on the semaphore's plain future, they reach the
+        pool only when a connection is free, and take it without waiting.
+        """
+        turns = self.db_turns
+        if not turns.locked():
+            await turns.acquire()  # free: returns without suspending
+            return
+        self.db_turns_waiting += 1
+        try:
+            async with asyncio.timeout(self.settings.db_timeout_s):
+                await turns.acquire()
+        except TimeoutError:
+            raise PoolTimeout(
+                f"no database connection within {self.settings.db_timeout_s:g} s"
+            ) from None
+        finally:
+            self.db_turns_waiting -= 1
 
     async def in_thread(self, func: Callable[..., T], *args: Any) -> T:
         if self.db_health.down:  # 503 without the thread hop (the pool would refuse anyway)
