@@ -19,6 +19,7 @@ import pytest
 from tests.stack_helpers import Project, new_project, secrets
 from tests.swarm_helpers import (
     Cluster,
+    grow_cluster,
     node_objects,
     require_swarm,
     stack_images,
@@ -423,13 +424,12 @@ def test_down_volumes_removes_them_on_every_node(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def three_nodes() -> Iterator[Cluster]:
-    require_swarm()
-    cluster = start_cluster(3, images=stack_images())
-    try:
-        yield cluster
-    finally:
-        cluster.remove()
+def three_nodes(one_node: Cluster) -> Cluster:
+    """The one-node cluster grown by two workers and a registry (its manager and images
+    reused): the tests above that need one node must have run, so this module's last test
+    is its only user. Removed with one_node."""
+    grow_cluster(one_node, 2)
+    return one_node
 
 
 def _status(project: Project) -> dict[str, dict[str, Any]]:
