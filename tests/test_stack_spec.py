@@ -176,7 +176,8 @@ def test_logging_is_part_of_the_service_and_its_hash(tmp_path: Path) -> None:
 
 def test_the_gateway_keeps_its_access_log_with_the_local_driver(state_dir: Path) -> None:
     """One access-log line per request: the gateway's logs go to the engine's `local` driver
-    (compact, rotated), not json-file's unbounded file."""
+    (compact, rotated), not json-file's unbounded file; rotated files stay uncompressed (the
+    engine would gzip 20 MB at each rotation)."""
     cfg = load_config().with_secrets(generate=True)
     spec = select_profiles(
         load_spec(cfg.compose_file, cfg.interpolation_env(), cfg.project), ["edge"]
@@ -184,7 +185,11 @@ def test_the_gateway_keeps_its_access_log_with_the_local_driver(state_dir: Path)
     gateway = spec.services["gateway"]
     assert gateway.logging is not None
     assert gateway.logging.driver == "local"
-    assert dict(gateway.logging.options) == {"max-size": "20m", "max-file": "5"}
+    assert dict(gateway.logging.options) == {
+        "max-size": "20m",
+        "max-file": "5",
+        "compress": "false",
+    }
     assert gateway.env["GATEWAY_THREADS"] == "1"
 
 
