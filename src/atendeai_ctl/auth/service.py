@@ -314,10 +314,21 @@ class Service:
         borrowers' connections with them."""
         seen, self._db_seen = self._db_seen, True
         if outage < REBUILD_AFTER_S and seen:
+            # The same pools, without the connections a restart broke (each would otherwise
+            # fail one request before the pool noticed).
+            await self._drop_broken_connections()
             return
         old = (self.pool, self.apool)
         await self._open_db_pools()
         self._spawn(_close_pools(*old))
+
+    async def _drop_broken_connections(self) -> None:
+        """Both pools check their idle connections and discard the broken ones (psycopg_pool
+        otherwise finds each only when it lends it, and the borrower fails)."""
+        if self.apool is not None:
+            await self.apool.check()
+        if self.pool is not None:
+            await anyio.to_thread.run_sync(self.pool.check)
 
     async def ready(self) -> list[str]:
         """The dependencies that do not answer now (empty: ready): a SELECT 1 on the async
@@ -325,9 +336,20 @@ class Service:
         one marked down answers False at once."""
 
         async def database() -> None:
-            assert self.apool is not None
-            async with self.apool.connection() as conn:
-                await run_simple(conn, "SELECT 1")
+            pool = self.apool
+            assert pool is not None
+            try:
+                async with pool.connection() as conn:
+                    await run_simple(conn, "SELECT 1")
+            except psycopg.OperationalError:
+                # A restarted server leaves every pooled connection broken, and the pool
+                # learns of each only when it is lent: without this, readiness failed once
+                # per pooled connection (ten times a worker) after PostgreSQL came back.
+                # Ready means the server answers now: drop the broken ones (the sync pool's
+                # too, so the request paths meet none) and ask again.
+                await self._drop_broken_connections()
+                async with pool.connection() as conn:
+                    await run_simple(conn, "SELECT 1")
 
         async def cache() -> None:
             assert self.fast_redis is not None

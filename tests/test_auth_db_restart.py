@@ -1,0 +1,45 @@
+"""After PostgreSQL drops every connection (a restart, a failover, pg_terminate_backend), the
+pools hold only broken connections and learn of each one only when they lend it. Readiness
+must answer for the server as it is now, on the first probe: not fail once per pooled
+connection (ten per worker), which is what made `status` right after `up` flap."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+
+from tests.auth_helpers import PASSWORD, AuthDb, live_server
+
+
+def _drop_app_connections(auth_db: AuthDb) -> int:
+    with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE usename = 'atendeai_app' AND datname = current_database()"
+        ).fetchall()
+    return len(rows)
+
+
+def test_readiness_is_true_on_the_first_probe_after_every_connection_dropped(
+    auth_db: AuthDb, redis_url: str, keys_dir: Path, clinic_user: tuple[str, str]
+) -> None:
+    with live_server(auth_db, redis_url, keys_dir) as server, server.client() as http:
+        deadline = time.monotonic() + 15
+        while (
+            server.service.apool is None or server.service.apool.get_stats()["pool_available"] < 5
+        ):  # the async pool has filled (min_size = pool_max), so there is stale to meet
+            assert time.monotonic() < deadline
+            assert http.get("/health/ready").status_code == 200
+            time.sleep(0.05)
+        assert _drop_app_connections(auth_db) >= 5
+        answers = [http.get("/health/ready").status_code for _ in range(12)]
+        assert answers == [200] * 12, answers
+        # And the request paths meet no stale connection either.
+        assert http.post("/auth/login", json=_login(clinic_user)).status_code == 200
+
+
+def _login(clinic_user: tuple[str, str]) -> dict[str, str]:
+    clinic, email = clinic_user
+    return {"clinic": clinic, "email": email, "password": PASSWORD}
