@@ -120,6 +120,10 @@ class Pool:
         self.gateway = (
             gateway if gateway is not None and runtime.inspect(gateway).state == "running" else None
         )
+        self.reused: set[str] = set()
+        """Addresses a removed copy had that a new copy now has: the engine may give the
+        freed address to the next container (Docker's allocator here takes the lowest free
+        one), and a slot holding it is then already the new copy's."""
 
     @property
     def active(self) -> bool:
@@ -192,6 +196,8 @@ class Pool:
             members = self.members() or []
             slot = next((m for m in members if m.name == name), None)
             if slot is None or slot.address != address or not slot.running:
+                break
+            if address in self.reused:
                 break
             time.sleep(0.25)
         self._ask(f"set server {self.backend}/{name} state ready")
@@ -377,10 +383,13 @@ def rollout(
         runtime.start(copy)
         _wait_ready(runtime, copy, timeout)
         step(copy.instance_name, "ready; waiting for the gateway" if pool.active else "ready")
+        address = runtime.address(copy)
+        if address is not None:
+            pool.reused.add(address)
         while releasing:  # a drained slot may be the one DNS gives the new copy
             releasing.pop().join()
         try:
-            pool.wait_serving(runtime.address(copy))
+            pool.wait_serving(address)
         except AtendeaiError as exc:
             raise _NotReady(
                 Failure(copy.instance_name, exc.message, "", None, [], exc.hint)
