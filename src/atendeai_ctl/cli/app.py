@@ -103,14 +103,16 @@ def _tidy_help_options(root: Any, args: Sequence[str]) -> None:
         ctx = command.context_class(command, info_name=name, parent=ctx, **command.context_settings)
 
 
+def _command_name(info: Any) -> str:
+    """The name Typer gives a registered command: its own, else its function's."""
+    return str(info.name or typer.main.get_command_name(info.callback.__name__))
+
+
 def _addressed(args: Sequence[str]) -> str | None:
     """The top-level command `args` name, when it is one of `app`'s; None for anything else
     (no command, a root option first, a misspelling), which needs the whole tree."""
     name = args[0] if args else None
-    commands = {
-        info.name or typer.main.get_command_name(info.callback.__name__)  # type: ignore[union-attr]
-        for info in app.registered_commands
-    }
+    commands = {_command_name(info) for info in app.registered_commands}
     groups = {info.name for info in app.registered_groups}
     return name if name in commands or name in groups else None
 
@@ -126,9 +128,7 @@ def _built(only: str | None = None) -> Any:
         source = typer.Typer(**_SETTINGS)
         source.registered_callback = app.registered_callback
         source.registered_commands = [
-            info
-            for info in app.registered_commands
-            if (info.name or typer.main.get_command_name(info.callback.__name__)) == only  # type: ignore[union-attr]
+            info for info in app.registered_commands if _command_name(info) == only
         ]
         source.registered_groups = [info for info in app.registered_groups if info.name == only]
     built = typer.main.get_command(source)
