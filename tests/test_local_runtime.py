@@ -397,6 +397,25 @@ def test_port_in_use_is_named_before_anything_starts(project: Project) -> None:
 
 
 @pytest.mark.local
+def test_a_second_replicas_port_in_use_names_the_replica_and_the_setting(
+    project: Project,
+) -> None:
+    """Replica 2 publishes ATENDEAI_AUTH_PORT + 1: the error says which copy and which
+    setting moves it (it said `auth` and "a free port", for a port the setting does not name)."""
+    second = int(project.env["ATENDEAI_AUTH_PORT"]) + 1
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", second))
+        holder.listen()
+        done = project.run("up", "--scale", "auth=2")
+    assert done.returncode == 5, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, done.stderr
+    assert f"127.0.0.1:{second} for service auth-2 is in use by python" in lines[0]
+    assert "ATENDEAI_AUTH_PORT + 1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.local
 def test_two_projects_side_by_side() -> None:
     with scratch() as base:
         one = local_project(base / "one")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.stack.engine import Engine, docker_host, unreachable
-from atendeai_ctl.stack.ports import port_holder, port_is_free
+from atendeai_ctl.stack.ports import port_conflict, port_holder, port_is_free
 from atendeai_ctl.stack.runtime import (
     EnsureResult,
     Health,
@@ -155,11 +155,8 @@ class DockerRuntime:
                 ):
                     continue
                 who = self._docker_holder(port.host_port) or port_holder(port.host_port)
-                raise AtendeaiError(
-                    "conflict",
-                    f"port {port.host_ip}:{port.host_port} for service {service.name} is in use"
-                    + (f" by {who}" if who else ""),
-                    f"stop it, or set ATENDEAI_{service.name.upper()}_PORT to a free port",
+                raise port_conflict(
+                    port.host_ip, port.host_port, service.name, service.replica, who
                 )
 
     def _bindings(self, container_id: str) -> list[dict[str, str]]:

@@ -41,7 +41,7 @@ from atendeai_ctl.config import Config, connect_host
 from atendeai_ctl.errors import AtendeaiError
 from atendeai_ctl.stack import local_binaries, local_servers, probes, processes
 from atendeai_ctl.stack.graph import levels
-from atendeai_ctl.stack.ports import port_holder, port_is_free
+from atendeai_ctl.stack.ports import port_conflict, port_holder, port_is_free
 from atendeai_ctl.stack.runtime import (
     EnsureResult,
     ProbeResult,
@@ -182,11 +182,8 @@ class LocalRuntime:
                 if ours or port_is_free(port.host_ip, port.host_port):
                     continue
                 who = port_holder(port.host_port)
-                raise AtendeaiError(
-                    "conflict",
-                    f"port {port.host_ip}:{port.host_port} for service {service.name} is in use"
-                    + (f" by {who}" if who else ""),
-                    f"stop it, or set ATENDEAI_{service.name.upper()}_PORT to a free port",
+                raise port_conflict(
+                    port.host_ip, port.host_port, service.name, service.replica, who
                 )
 
     def prepare(self, spec: StackSpec) -> None:

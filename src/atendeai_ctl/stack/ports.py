@@ -7,6 +7,8 @@ import os
 import socket
 from pathlib import Path
 
+from atendeai_ctl.errors import AtendeaiError
+
 
 def port_is_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -48,3 +50,20 @@ def port_holder(port: int) -> str | None:
         except OSError:
             continue
     return None
+
+
+def port_conflict(
+    host_ip: str, host_port: int, service: str, replica: int, who: str | None
+) -> AtendeaiError:
+    """The one error every runtime gives for a published port somebody else holds. Replica k
+    publishes the setting's port + k - 1, so the hint says which setting moves it."""
+    copy = service if replica == 1 else f"{service}-{replica}"
+    setting = f"ATENDEAI_{service.upper().replace('-', '_')}_PORT"
+    where = "" if replica == 1 else f" (replica {replica} publishes {setting} + {replica - 1})"
+    return AtendeaiError(
+        "conflict",
+        f"port {host_ip}:{host_port} for service {copy} is in use" + (f" by {who}" if who else ""),
+        f"stop it, or set {setting} to a port with free ports after it{where}"
+        if replica > 1
+        else f"stop it, or set {setting} to a free port",
+    )
