@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -24,10 +25,46 @@ PG_BIN = Path(os.environ.get("ATENDEAI_TEST_PG_BIN", "/usr/lib/postgresql/15/bin
 REDIS_SERVER = os.environ.get("ATENDEAI_TEST_REDIS_SERVER") or shutil.which("redis-server")
 
 
-def free_port() -> int:
+_HANDED_OUT: set[int] = set()
+_RANDOM = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(count: int = 1) -> int:
+    """The first of `count` consecutive ports free now, below the kernel's ephemeral range.
+
+    A port from bind(0) is an ephemeral one: any outbound connection of the run may later take
+    it as its local port, and a server published there afterwards fails with "in use" with no
+    listener to name (CI met it on a second replica's port, the one after a bind(0) port).
+    Below the range only a listener can hold a port. Never the same port twice per process.
+    """
+    low = _ephemeral_low()
+    if low - count <= 12000:  # an unusual range: fall back to what the kernel hands out
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    for _ in range(2000):
+        start = _RANDOM.randrange(12000, low - count)
+        block = range(start, start + count)
+        if _HANDED_OUT.isdisjoint(block) and all(_bindable(p) for p in block):
+            _HANDED_OUT.update(block)
+            return start
+    raise RuntimeError(f"no {count} consecutive free ports below {low}")
 
 
 def _as_postgres_user() -> list[str]:

@@ -132,7 +132,7 @@ def new_project(tmp_path: Path, *, prefix: str = "t", images: bool = True, **ext
         "ATENDEAI_STATE_DIR": str(tmp_path / "state"),
         "ATENDEAI_POSTGRES_PORT": str(free_port()),
         "ATENDEAI_REDIS_PORT": str(free_port()),
-        "ATENDEAI_AUTH_PORT": str(free_port()),
+        "ATENDEAI_AUTH_PORT": str(free_port(4)),  # replica k publishes port + k - 1
         "ATENDEAI_TIMEOUT": "90",
         "ATENDEAI_SUBNET": unique_subnet(),
         **(image_env() if images else {}),

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,26 +38,6 @@ SPAN = 5
 """Consecutive free ports the auth replicas may publish (base + k - 1)."""
 
 
-def free_range(span: int) -> int:
-    """A port p with p .. p + span - 1 all free on 127.0.0.1 now. Below the kernel's
-    ephemeral range, where the other tests' free_port() (a port the kernel picks) never lands
-    while this module's replicas come and go."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(200):
-        base = random.randrange(max(1024, low - 12000), low - span)
-        free = True
-        for port in range(base, base + span):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-                    break
-        if free:
-            return base
-    raise AssertionError("no free port range")
-
-
 def project_copy(dest: Path) -> Path:
     """The project with the auth service's per-address request limit raised: wrk is one
     client address, and the limit (6000 a minute) is not what these tests look at."""
@@ -80,7 +58,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         tmp,
         ATENDEAI_PROJECT_DIR=str(project_copy(tmp / "project")),
         ATENDEAI_GATEWAY_PORT=str(free_port()),
-        ATENDEAI_AUTH_PORT=str(free_range(SPAN)),
+        ATENDEAI_AUTH_PORT=str(free_port(SPAN)),
         ATENDEAI_GATEWAY_RATE_LIMIT="100000000",  # wrk is one client: the outer limit is not
         # what these tests look at
         ATENDEAI_PROFILES="edge",
@@ -274,8 +252,9 @@ def test_rollout_under_load_drops_nothing(edge: Project) -> None:
     after = {name: c.id for name, c in _containers(edge).items()}
     assert sorted(after) == sorted(before)  # same names, numbers and ports...
     assert not set(after.values()) & set(before.values())  # ...every container new
-    assert result["duration_s"] >= took + 3  # wrk ran for the whole rollout (and >= 20 s)
-    assert result["duration_s"] >= 20
+    # wrk ran for the whole rollout (3 s either side). No floor of its own: since a drained
+    # slot is released at once, a two-replica rollout takes some 8-14 s, not 70.
+    assert result["duration_s"] >= took + 3
     assert_no_failed_request(result)
     _wait_pool(edge, 2)
 

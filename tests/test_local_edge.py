@@ -50,27 +50,6 @@ NO_HAPROXY = "needs haproxy (apt-get install haproxy)"
 needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason=NO_HAPROXY)
 
 
-def consecutive_free_ports(count: int) -> int:
-    """A base port with `count` free ports from it (replica k listens on base + k - 1)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        try:
-            held = []
-            for port in range(base, base + count):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        return base
-    raise RuntimeError("no run of free ports")
-
-
 def local_edge_project(base: Path, **extra: str) -> Project:
     return new_project(
         base,
@@ -78,7 +57,7 @@ def local_edge_project(base: Path, **extra: str) -> Project:
         images=False,
         DOCKER_HOST=NO_ENGINE,
         ATENDEAI_RUNTIME="local",
-        ATENDEAI_AUTH_PORT=str(consecutive_free_ports(2)),
+        ATENDEAI_AUTH_PORT=str(free_port(2)),
         ATENDEAI_GATEWAY_PORT=str(free_port()),
         ATENDEAI_GATEWAY_METRICS_PORT=str(free_port()),
         ATENDEAI_GATEWAY_ADMIN_PORT=str(free_port()),
