@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from tests.auth_helpers import PASSWORD, AuthDb
 from tests.servers import free_port
 from tests.stack_helpers import Project
-from tests.test_edge_replicas import free_range
 from tests.test_local_runtime import force_cleanup, local_dir, local_project, running, scratch
 
 SPAN = 4
@@ -32,7 +31,7 @@ SPAN = 4
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Project]:
     with scratch() as base:
-        project = local_project(base, ATENDEAI_AUTH_PORT=str(free_range(SPAN)))
+        project = local_project(base, ATENDEAI_AUTH_PORT=str(free_port(SPAN)))
         try:
             yield project
         finally:
