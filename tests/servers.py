@@ -102,7 +102,7 @@ class PostgresServer:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(auth: str = "scram-sha-256") -> Iterator[PostgresServer]:
     base = Path(tempfile.mkdtemp(prefix="atendeai-pg-"))
     base.chmod(0o755)
     data = base / "data"
@@ -125,7 +125,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             "-U",
             "postgres",
             f"--pwfile={pwfile}",
-            "--auth=scram-sha-256",
+            f"--auth={auth}",
             "-E",
             "UTF8",
             "--locale=C.UTF-8",

@@ -269,16 +269,82 @@ def script_head(migrations_dir: Path | None = None) -> str | None:
 
 
 def database_revision(url: str) -> str | None:
-    """The revision in the database's version table, in one query with psycopg alone (None:
-    never migrated, or at base). Raises AtendeaiError (unreachable, wrong password)."""
+    """The revision in the database's version table, in one query without Alembic (None:
+    never migrated, or at base). Raises AtendeaiError (unreachable, wrong password).
 
-    from atendeai_ctl.db.connect import connect
+    `up` asks on every run, so the query goes through db.wire (no psycopg import) when the
+    URL is a plain TCP one; whatever the wire client declines, psycopg answers."""
+    heads = _version_rows_by_wire(url)
+    if heads is None:
+        from atendeai_ctl.db.connect import connect
 
-    with connect(url, autocommit=True) as conn, database_errors(url):
-        heads = _version_rows(conn)
+        with connect(url, autocommit=True) as conn, database_errors(url):
+            heads = _version_rows(conn)
     if len(heads) > 1:
         raise AtendeaiError("invalid", f"the database has several heads: {', '.join(heads)}")
     return heads[0] if heads else None
+
+
+_WIRE_OPTIONS = {"connect_timeout", "application_name", "sslmode"}
+_WIRE_SSLMODES = {"disable", "allow", "prefer"}  # no TLS demanded: SCRAM needs none
+
+
+def _version_rows_by_wire(url: str) -> list[str] | None:
+    """The version rows through db.wire; None when it declines (a URL beyond host, port,
+    user, password and database; TLS required; a server error other than the ones below)."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from atendeai_ctl.db import wire
+    from atendeai_ctl.db.connect import psycopg_url
+
+    try:
+        parts = urlsplit(psycopg_url(url))
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        host, port = parts.hostname, parts.port or 5432
+    except ValueError:
+        return None
+    if (
+        not host
+        or host.startswith("/")
+        or "," in parts.netloc
+        or not set(options) <= _WIRE_OPTIONS
+        or options.get("sslmode", "prefer") not in _WIRE_SSLMODES
+        or parts.username is None
+    ):
+        return None
+    user = unquote(parts.username)
+    dbname = unquote(parts.path.lstrip("/")) or user
+    where = f"{user}@{host}:{port}/{dbname}"
+    try:
+        timeout = float(options.get("connect_timeout", "10"))
+        rows = wire.query(
+            host,
+            port,
+            user=user,
+            password=unquote(parts.password or ""),
+            dbname=dbname,
+            sql=f"SELECT version_num FROM {SCHEMA}.{VERSION_TABLE}",
+            timeout=timeout if timeout > 0 else 10.0,
+        )
+    except wire.ServerError as exc:
+        if exc.sqlstate in ("42P01", "3F000"):  # no version table, or no schema: no revision
+            return []
+        if exc.sqlstate in ("28P01", "28000"):
+            raise AtendeaiError(
+                "unauthorized",
+                f"PostgreSQL rejected the credentials for {where}",
+                "check the password (`atendeai config show`, or the one in --database-url)",
+            ) from None
+        return None
+    except OSError as exc:
+        raise AtendeaiError(
+            "unavailable",
+            f"cannot connect to PostgreSQL at {where}: {exc}",
+            "start the stack with `atendeai up`, or check --database-url",
+        ) from None
+    except (wire.Unsupported, wire.ProtocolError, ValueError):
+        return None
+    return [str(row[0]) for row in rows]
 
 
 def _version_rows(conn: psycopg.Connection[Any]) -> list[str]:

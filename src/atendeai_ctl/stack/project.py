@@ -86,20 +86,16 @@ def job_checks(spec: StackSpec, config: Config) -> Callable[[Service], bool]:
     need not run it again (the migrate job: 1-3 s of a Python process on every `up`).
 
     `schema_at_head`: the database its ATENDEAI_DATABASE_URL names is at the newest revision of
-    the project's migrations/ (one query, no Alembic). Any doubt (no head in the scripts, the
-    database unreachable) says "not done", so the job runs and decides. A refused password is
-    the exception: the job would fail the same way, and the reason deserves its own message.
+    the project's migrations/ (one query through db.wire: no Alembic, no psycopg). Any doubt
+    (no head in the scripts, the database unreachable) says "not done", so the job runs and
+    decides. A refused password is the exception: the job would fail the same way, and the
+    reason deserves its own message.
     """
     wanted = {
         name
         for name, service in spec.services.items()
         if (service.extensions.get("x-atendeai") or {}).get("done_when") in DONE_WHEN
     }
-    if wanted:
-        import threading
-
-        # psycopg's import (~0.1 s) overlaps the engine calls made before the check.
-        threading.Thread(target=_warm_import, args=("psycopg",), daemon=True).start()
 
     def check(service: Service) -> bool:
         if service.name not in wanted:
@@ -131,9 +127,3 @@ def other_password(config: Config) -> AtendeaiError:
         "restore the state dir that created the data (ATENDEAI_STATE_DIR), or delete the data "
         "with `atendeai down --volumes` and run `atendeai up` again",
     )
-
-
-def _warm_import(module: str) -> None:
-    import importlib
-
-    importlib.import_module(module)
