@@ -43,3 +43,27 @@ def test_readiness_is_true_on_the_first_probe_after_every_connection_dropped(
 def _login(clinic_user: tuple[str, str]) -> dict[str, str]:
     clinic, email = clinic_user
     return {"clinic": clinic, "email": email, "password": PASSWORD}
+
+
+def test_a_worker_marked_down_is_ready_on_the_first_probe_once_the_server_is_back(
+    auth_db: AuthDb, redis_url: str, keys_dir: Path
+) -> None:
+    """Readiness during an outage marks PostgreSQL down; its background probe is made slow
+    here (30 s), so only readiness asking again itself can say ready when the server is back:
+    `up` and `status` probe whichever worker the kernel hands them, and must agree."""
+    with live_server(auth_db, redis_url, keys_dir) as server, server.client() as http:
+        assert http.get("/health/ready").status_code == 200
+        server.service.db_health.interval = 30.0
+        with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
+            conn.execute("ALTER ROLE atendeai_app NOLOGIN")
+        try:
+            _drop_app_connections(auth_db)
+            assert http.get("/health/ready").status_code == 503
+            assert server.service.db_health.down
+            time.sleep(1.1)  # a long outage: recovery opens fresh pools
+        finally:
+            with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
+                conn.execute("ALTER ROLE atendeai_app LOGIN")
+        assert http.get("/health/ready").status_code == 200
+        assert not server.service.db_health.down
+        assert http.get("/health/ready").status_code == 200

@@ -64,6 +64,7 @@ class Dependency:
         self.down_since: float | None = None
         self.outages = 0
         self._watch: asyncio.Task[None] | None = None
+        self._recovering: asyncio.Lock | None = None  # made on the loop, when first needed
 
     @property
     def down(self) -> bool:
@@ -92,23 +93,47 @@ class Dependency:
             return False
         return True
 
+    async def check_now(self, work: Callable[[], Awaitable[object]] | None = None) -> bool:
+        """For readiness: like `check`, but a dependency marked down is probed now rather than
+        answered False until the background probe's next turn. Readiness is asked what the
+        server is like now: `up` judged a stack healthy on the worker that answered its probe,
+        while `status` right after met the other worker, still marked down from a probe made
+        during the outage, and said unhealthy (a CI flake in test_local_runtime)."""
+        if self.down:
+            try:
+                await asyncio.wait_for(self.probe(), self.timeout)
+            except Exception:
+                return False
+            await asyncio.shield(self._recover())
+        return await self.check(work)
+
     async def _until_back(self) -> None:
-        while True:
+        while self.down:
             await asyncio.sleep(self.interval)
             try:
                 await asyncio.wait_for(self.probe(), self.timeout)
             except Exception:
                 continue
-            break
-        since = self.down_since or time.monotonic()
-        outage = time.monotonic() - since
-        if self.on_recovered is not None:
-            try:
-                await self.on_recovered(outage)
-            except Exception as exc:
-                self.log.error("dependency_recovery_failed", dependency=self.name, error=str(exc))
-        self.down_since = None
-        self.log.info("dependency_up", dependency=self.name, outage_ms=round(outage * 1000))
+            await self._recover()
+
+    async def _recover(self) -> None:
+        """Once per outage, whoever saw the probe answer first (the background probe or a
+        readiness check): the recovery hook, then up again."""
+        if self._recovering is None:
+            self._recovering = asyncio.Lock()
+        async with self._recovering:
+            if self.down_since is None:
+                return
+            outage = time.monotonic() - self.down_since
+            if self.on_recovered is not None:
+                try:
+                    await self.on_recovered(outage)
+                except Exception as exc:
+                    self.log.error(
+                        "dependency_recovery_failed", dependency=self.name, error=str(exc)
+                    )
+            self.down_since = None
+            self.log.info("dependency_up", dependency=self.name, outage_ms=round(outage * 1000))
 
     def stop(self) -> None:
         if self._watch is not None:

@@ -333,7 +333,7 @@ class Service:
     async def ready(self) -> list[str]:
         """The dependencies that do not answer now (empty: ready): a SELECT 1 on the async
         pool and a PING on the hot path's Redis connection, at once, each within its timeout;
-        one marked down answers False at once."""
+        one marked down is probed again now (Dependency.check_now)."""
 
         async def database() -> None:
             pool = self.apool
@@ -356,7 +356,7 @@ class Service:
             await self.fast_redis.call("PING")
 
         checks = ((self.db_health, database), (self.redis_health, cache))
-        answered = await asyncio.gather(*(health.check(work) for health, work in checks))
+        answered = await asyncio.gather(*(health.check_now(work) for health, work in checks))
         return [health.name for (health, _), ok in zip(checks, answered, strict=True) if not ok]
 
     async def db_turn(self) -> None:
