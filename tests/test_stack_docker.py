@@ -70,6 +70,8 @@ def test_up_from_nothing_brings_every_service_to_healthy(stack: Project) -> None
     # server itself, `migrate up --wait-db`), not once PostgreSQL was healthy.
     events = [line.split(" (")[0] for line in done.stderr.splitlines()]
     assert events.index("migrate: starting") < events.index("postgres: healthy"), events
+    # Auth too (start_early: all): it started before Redis was healthy, not after.
+    assert events.index("auth: starting") < events.index("redis: healthy"), events
 
 
 def _state(project: Project, service: str) -> dict[str, str]:

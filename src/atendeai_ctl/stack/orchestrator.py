@@ -142,10 +142,11 @@ def starts_early(service: Service) -> EarlyStart | None:
     what it depends on, so its start overlaps theirs instead of following it:
 
     - `jobs`: started once its other conditions hold, before the one-shot jobs it depends on
-      have completed (auth: it answers 503 until the database lets it in, then notices
-      within 0.2 s, auth/deps.py);
+      have completed;
     - `all`: started at once, before any dependency holds (the migrate job: its command
-      waits for the database itself, `migrate up --wait-db`).
+      waits for the database itself, `migrate up --wait-db`; auth: it answers 503 until
+      Redis and the database answer, and readiness asks them again on each probe,
+      auth/deps.py).
 
     Either way it is judged ready (a job: complete) only once all its conditions hold. Only
     when every copy is created afresh: a service being replaced waits as before, so new code
