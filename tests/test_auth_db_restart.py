@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.auth_helpers import PASSWORD, AuthDb, live_server
 
@@ -45,12 +46,15 @@ def _login(clinic_user: tuple[str, str]) -> dict[str, str]:
     return {"clinic": clinic, "email": email, "password": PASSWORD}
 
 
+@pytest.mark.parametrize("outage", [0.3, 1.1])
 def test_a_worker_marked_down_is_ready_on_the_first_probe_once_the_server_is_back(
-    auth_db: AuthDb, redis_url: str, keys_dir: Path
+    auth_db: AuthDb, redis_url: str, keys_dir: Path, outage: float
 ) -> None:
     """Readiness during an outage marks PostgreSQL down; its background probe is made slow
     here (30 s), so only readiness asking again itself can say ready when the server is back:
-    `up` and `status` probe whichever worker the kernel hands them, and must agree."""
+    `up` and `status` probe whichever worker the kernel hands them, and must agree. Short or
+    long: after a short one the pools, whose refill failed while the server was away, are on
+    psycopg_pool's backoff and must not be kept (they lent nothing for a second)."""
     with live_server(auth_db, redis_url, keys_dir) as server, server.client() as http:
         assert http.get("/health/ready").status_code == 200
         server.service.db_health.interval = 30.0
@@ -60,10 +64,36 @@ def test_a_worker_marked_down_is_ready_on_the_first_probe_once_the_server_is_bac
             _drop_app_connections(auth_db)
             assert http.get("/health/ready").status_code == 503
             assert server.service.db_health.down
-            time.sleep(1.1)  # a long outage: recovery opens fresh pools
+            time.sleep(outage)
         finally:
             with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
                 conn.execute("ALTER ROLE atendeai_app LOGIN")
         assert http.get("/health/ready").status_code == 200
         assert not server.service.db_health.down
         assert http.get("/health/ready").status_code == 200
+
+
+def test_pools_whose_refill_failed_are_replaced_even_after_a_short_outage(
+    auth_db: AuthDb, redis_url: str, keys_dir: Path
+) -> None:
+    """A refill that failed while the server was away leaves the pool on psycopg_pool's
+    backoff (next attempt 1 s, then 2 s later): kept, it lends nothing for that long, and
+    readiness timed out with 503 right after `up` said healthy (a local-runtime CI flake).
+    So recovery replaces such pools, however short the outage was."""
+    with live_server(auth_db, redis_url, keys_dir) as server, server.client() as http:
+        assert http.get("/health/ready").status_code == 200
+        service = server.service
+        service.db_health.interval = 30.0
+        old = (service.pool, service.apool)
+        with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
+            conn.execute("ALTER ROLE atendeai_app NOLOGIN")
+        try:
+            _drop_app_connections(auth_db)
+            assert http.get("/health/ready").status_code == 503  # its refill is refused
+            assert service._pool_connect_errors() > 0
+        finally:
+            with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
+                conn.execute("ALTER ROLE atendeai_app LOGIN")
+        assert http.get("/health/ready").status_code == 200
+        assert service.pool is not old[0] and service.apool is not old[1]
+        assert service._pool_connect_errors() == 0

@@ -308,12 +308,25 @@ class Service:
         if await self.db_health.check():
             self._db_seen = True
 
+    def _pool_connect_errors(self) -> int:
+        """Failed connection attempts of both pools so far (psycopg_pool's own counter)."""
+        return sum(
+            pool.get_stats().get("connections_errors", 0)
+            for pool in (self.pool, self.apool)
+            if pool is not None
+        )
+
     async def _db_recovered(self, outage: float) -> None:
-        """After a long outage, or when PostgreSQL had never let this worker in, fresh pools
-        (REBUILD_AFTER_S says why); the old ones close in the background, their stuck
-        borrowers' connections with them."""
+        """Fresh pools after a long outage, when PostgreSQL had never let this worker in, or
+        when a pool failed to connect since they were made: each failed attempt puts
+        psycopg_pool's refill on its backoff (1 s, 2 s, 4 s ...), REBUILD_AFTER_S says more.
+        A short outage alone is not enough: the readiness probe that met it had dropped the
+        broken connections, the refill failed on the server still down, and the kept pools
+        then lent nothing for a second after it was back (503s after `up` said healthy).
+        The old pools close in the background, their stuck borrowers' connections with them."""
         seen, self._db_seen = self._db_seen, True
-        if outage < REBUILD_AFTER_S and seen:
+        backing_off = self._pool_connect_errors() > 0  # new pools count from zero
+        if outage < REBUILD_AFTER_S and seen and not backing_off:
             # The same pools, without the connections a restart broke (each would otherwise
             # fail one request before the pool noticed).
             await self._drop_broken_connections()
