@@ -215,12 +215,16 @@ def test_the_drill_kills_nothing_when_no_replica_could_take_over(ha: Project, us
             60,
             "the replica to finish its sync",
         )
-    # The drill asks the Sentinels, which clear their "down" mark on their next look at it.
+    # The drill asks the Sentinels, which clear their "down" mark on their next look at it,
+    # and learn that the replica's link is up from its INFO (every 10 s): the drill wants both.
     for key in ("1", "2", "3"):
         with _redis(ha, int(ha.env[f"ATENDEAI_REDIS_SENTINEL_PORT_{key}"])) as sentinel:
             _wait(
                 lambda s=sentinel: any(  # type: ignore[misc]
-                    not r["is_sdown"] and not r["is_odown"] and not r["is_disconnected"]
+                    not r["is_sdown"]
+                    and not r["is_odown"]
+                    and not r["is_disconnected"]
+                    and r.get("master-link-status") == "ok"
                     for r in s.sentinel_slaves("atendeai")
                 ),
                 60,
