@@ -183,3 +183,36 @@ def test_hostile_replies_end_in_the_clients_own_errors(
         assert all(isinstance(v, str | None) for row in rows for v in row)
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_a_refusal_other_than_the_password_goes_to_psycopg(database_url: str) -> None:
+    """28000 (a pg_hba.conf line wanting TLS, a role without LOGIN) is not a wrong password:
+    psycopg asks again (with TLS when the server wants it) and says what it is."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    role = "wire_nologin"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} NOLOGIN PASSWORD 'pw-123456789'")
+    parts = urlsplit(database_url)
+    url = urlunsplit(parts._replace(netloc=f"{role}:pw-123456789@{parts.hostname}:{parts.port}"))
+    code = (
+        "import json, sys\n"
+        "from atendeai_ctl.db.migrations import database_revision\n"
+        "from atendeai_ctl.errors import AtendeaiError\n"
+        "try:\n"
+        f"    database_revision({url!r})\n"
+        "except AtendeaiError as exc:\n"
+        "    print(json.dumps([exc.code, 'psycopg' in sys.modules]))\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+    assert done.returncode == 0, done.stderr
+    code_, asked_psycopg = json.loads(done.stdout)
+    assert asked_psycopg  # the wire client declined: psycopg said what it is
+    assert code_ == "unavailable"  # as before the wire client (libpq gives no SQLSTATE)

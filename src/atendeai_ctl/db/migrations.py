@@ -329,7 +329,8 @@ def _version_rows_by_wire(url: str) -> list[str] | None:
     except wire.ServerError as exc:
         if exc.sqlstate in ("42P01", "3F000"):  # no version table, or no schema: no revision
             return []
-        if exc.sqlstate in ("28P01", "28000"):
+        if exc.sqlstate == "28P01":  # the password itself; 28000 (no pg_hba.conf entry for
+            # a connection without TLS, say) goes to psycopg, which may negotiate TLS
             raise AtendeaiError(
                 "unauthorized",
                 f"PostgreSQL rejected the credentials for {where}",
