@@ -51,9 +51,8 @@ def query(
     """The rows of one simple query, as text. Raises ServerError, Unsupported, ProtocolError
     or OSError (unreachable, closed, timed out)."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        conn = _Conn(sock)
-        params = b"user\0%s\0database\0%s\0\0" % (user.encode(), dbname.encode())
-        sock.sendall(struct.pack("!ii", 8 + len(params), PROTOCOL) + params)
+        conn = Conn(sock)
+        sock.sendall(startup_message(user, dbname))
         _login(conn, user, password)
         conn.wait_ready()
         sock.sendall(_message(b"Q", sql.encode() + b"\0"))
@@ -62,11 +61,19 @@ def query(
         return rows
 
 
+def startup_message(user: str, dbname: str) -> bytes:
+    """The first message a client sends (no type byte): protocol 3.0, user and database."""
+    params = b"user\0%s\0database\0%s\0\0" % (user.encode(), dbname.encode())
+    return struct.pack("!ii", 8 + len(params), PROTOCOL) + params
+
+
 def _message(kind: bytes, body: bytes) -> bytes:
     return kind + struct.pack("!i", 4 + len(body)) + body
 
 
-class _Conn:
+class Conn:
+    """Reads the server's messages off a socket (probes.pg_accepting reads one too)."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
@@ -152,7 +159,7 @@ def _auth_code(kind: bytes, body: bytes) -> int:
     return int(struct.unpack_from("!i", body)[0])
 
 
-def _login(conn: _Conn, user: str, password: str) -> None:
+def _login(conn: Conn, user: str, password: str) -> None:
     kind, body = conn.read()
     code = _auth_code(kind, body)
     if code == 0:  # trust
@@ -173,7 +180,7 @@ def _login(conn: _Conn, user: str, password: str) -> None:
         raise ProtocolError("the server did not confirm the login")
 
 
-def _scram(conn: _Conn, password: str) -> None:
+def _scram(conn: Conn, password: str) -> None:
     """SCRAM-SHA-256 without channel binding (RFC 5802, 7677), as libpq does it without TLS:
     the user name travels in the startup message, so the SCRAM one is empty."""
     if not password.isascii():

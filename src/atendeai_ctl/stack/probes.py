@@ -4,8 +4,8 @@ of the containers' healthchecks. Any failure to answer is "not ready yet", with 
 from __future__ import annotations
 
 import socket
-import struct
 
+from atendeai_ctl.db import wire
 from atendeai_ctl.stack.runtime import ProbeResult
 
 TIMEOUT = 2.0
@@ -40,34 +40,17 @@ def pg_accepting(host: str, port: int, *, user: str, dbname: str) -> ProbeResult
     stopping, recovering), means the server accepts connections (libpq's PQping says the
     same). A socket and two messages: psycopg's import alone would take longer than the
     `docker exec` of pg_isready this replaces in `status`."""
-    params = b"user\0%s\0database\0%s\0\0" % (user.encode(), dbname.encode())
-    startup = struct.pack("!ii", 8 + len(params), 196608) + params  # protocol 3.0
     try:
         with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
-            sock.sendall(startup)
-            kind = _recv_exactly(sock, 1)
-            (length,) = struct.unpack("!i", _recv_exactly(sock, 4))
-            body = _recv_exactly(sock, min(max(length - 4, 0), 8192))
-    except OSError as exc:
+            sock.sendall(wire.startup_message(user, dbname))
+            kind, _ = wire.Conn(sock).read()
+    except wire.ServerError as exc:
+        return ProbeResult(exc.sqlstate != "57P03", str(exc).strip())
+    except (OSError, wire.ProtocolError) as exc:
         return _failed(exc)
     if kind == b"R":
         return ProbeResult(True, "accepting connections")
-    if kind == b"E":
-        fields = dict((f[:1], f[1:]) for f in body.split(b"\0") if f)
-        code = fields.get(b"C", b"").decode(errors="replace")
-        message = fields.get(b"M", b"").decode(errors="replace")
-        return ProbeResult(code != "57P03", f"{code} {message}".strip())
     return ProbeResult(False, f"unexpected reply {kind!r}")
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("connection closed by the server")
-        data += chunk
-    return data
 
 
 def redis_command(host: str, port: int, *, password: str | None, command: str) -> ProbeResult:
