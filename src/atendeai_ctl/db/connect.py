@@ -92,6 +92,23 @@ def _first_line(exc: BaseException, password: str | None) -> str:
     return text
 
 
+def credentials_refused(where: str) -> AtendeaiError:
+    """PostgreSQL refused the login (`where`: describe()'s user@host:port/dbname)."""
+    return AtendeaiError(
+        "unauthorized",
+        f"PostgreSQL rejected the credentials for {where}",
+        "check the password (`atendeai config show`, or the one in --database-url)",
+    )
+
+
+def cannot_connect(where: str, reason: str) -> AtendeaiError:
+    return AtendeaiError(
+        "unavailable",
+        f"cannot connect to PostgreSQL at {where}: {reason}",
+        "start the stack with `atendeai up`, or check --database-url",
+    )
+
+
 def translate_error(exc: BaseException, url: str) -> AtendeaiError:
     """An AtendeaiError for a psycopg or SQLAlchemy database error, naming the database."""
     cause = _root_cause(exc)
@@ -100,11 +117,7 @@ def translate_error(exc: BaseException, url: str) -> AtendeaiError:
     sqlstate = getattr(cause, "sqlstate", None)
     reason = _first_line(cause, password)
     if sqlstate in ("28P01", "28000") or "password authentication failed" in reason:
-        return AtendeaiError(
-            "unauthorized",
-            f"PostgreSQL rejected the credentials for {where}",
-            "check the password (`atendeai config show`, or the one in --database-url)",
-        )
+        return credentials_refused(where)
     if sqlstate == "3D000" or re.search(r'database ".*" does not exist', reason):
         return AtendeaiError(
             "not_found",
@@ -126,11 +139,7 @@ def translate_error(exc: BaseException, url: str) -> AtendeaiError:
     import psycopg
 
     if isinstance(cause, psycopg.OperationalError) and sqlstate is None:
-        return AtendeaiError(
-            "unavailable",
-            f"cannot connect to PostgreSQL at {where}: {reason}",
-            "start the stack with `atendeai up`, or check --database-url",
-        )
+        return cannot_connect(where, reason)
     return AtendeaiError("failed", f"database error on {where}: {reason}")
 
 

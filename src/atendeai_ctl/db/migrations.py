@@ -295,7 +295,7 @@ def _version_rows_by_wire(url: str) -> list[str] | None:
     from urllib.parse import parse_qs, unquote, urlsplit
 
     from atendeai_ctl.db import wire
-    from atendeai_ctl.db.connect import psycopg_url
+    from atendeai_ctl.db.connect import cannot_connect, credentials_refused, psycopg_url
 
     try:
         parts = urlsplit(psycopg_url(url))
@@ -331,18 +331,10 @@ def _version_rows_by_wire(url: str) -> list[str] | None:
             return []
         if exc.sqlstate == "28P01":  # the password itself; 28000 (no pg_hba.conf entry for
             # a connection without TLS, say) goes to psycopg, which may negotiate TLS
-            raise AtendeaiError(
-                "unauthorized",
-                f"PostgreSQL rejected the credentials for {where}",
-                "check the password (`atendeai config show`, or the one in --database-url)",
-            ) from None
+            raise credentials_refused(where) from None
         return None
     except OSError as exc:
-        raise AtendeaiError(
-            "unavailable",
-            f"cannot connect to PostgreSQL at {where}: {exc}",
-            "start the stack with `atendeai up`, or check --database-url",
-        ) from None
+        raise cannot_connect(where, str(exc)) from None
     except (wire.Unsupported, wire.ProtocolError, ValueError):
         return None
     return [str(row[0]) for row in rows]
