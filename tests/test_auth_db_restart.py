@@ -97,3 +97,32 @@ def test_pools_whose_refill_failed_are_replaced_even_after_a_short_outage(
         assert http.get("/health/ready").status_code == 200
         assert service.pool is not old[0] and service.apool is not old[1]
         assert service._pool_connect_errors() == 0
+
+
+def test_an_outage_after_readiness_ended_the_last_one_gets_one_probe_task() -> None:
+    """check_now may end an outage while the background probe still sleeps; the next outage
+    reuses that probe task instead of starting a second one beside it."""
+    import asyncio
+    import io
+
+    from atendeai_ctl.auth.deps import Dependency
+    from atendeai_ctl.auth.log import JsonLog
+
+    async def scenario() -> None:
+        answers = iter([False, True])  # the first check fails, check_now's probe answers
+
+        async def probe() -> None:
+            if not next(answers, True):
+                raise ConnectionError("down")
+
+        dep = Dependency(
+            "db", probe, timeout=1, log=JsonLog("error", stream=io.StringIO()), interval=30
+        )
+        assert not await dep.check()
+        first = dep._watch
+        assert await dep.check_now()  # recovered by readiness; the probe task still sleeps
+        dep.failed(ConnectionError("down again"))
+        assert dep._watch is first and first is not None and not first.done()
+        dep.stop()
+
+    asyncio.run(scenario())

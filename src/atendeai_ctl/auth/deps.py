@@ -79,7 +79,10 @@ class Dependency:
         self.log.warning(
             "dependency_down", dependency=self.name, error=type(error).__name__ if error else ""
         )
-        self._watch = asyncio.ensure_future(self._until_back())
+        # Readiness may have ended the last outage (check_now) while its probe still
+        # sleeps: that one sees this outage too, so it is not doubled.
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.ensure_future(self._until_back())
 
     async def check(self, work: Callable[[], Awaitable[object]] | None = None) -> bool:
         """Run `work` (default: the probe) within the timeout; a failure marks it down.
