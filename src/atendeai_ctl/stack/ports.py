@@ -57,13 +57,15 @@ def port_conflict(
 ) -> AtendeaiError:
     """The one error every runtime gives for a published port somebody else holds. Replica k
     publishes the setting's port + k - 1, so the hint says which setting moves it."""
-    copy = service if replica == 1 else f"{service}-{replica}"
     setting = f"ATENDEAI_{service.upper().replace('-', '_')}_PORT"
-    where = "" if replica == 1 else f" (replica {replica} publishes {setting} + {replica - 1})"
+    copy, hint = service, f"stop it, or set {setting} to a free port"
+    if replica > 1:
+        copy = f"{service}-{replica}"
+        hint = (
+            f"stop it, or set {setting} to a port with free ports after it"
+            f" (replica {replica} publishes {setting} + {replica - 1})"
+        )
+    held = f" by {who}" if who else ""
     return AtendeaiError(
-        "conflict",
-        f"port {host_ip}:{host_port} for service {copy} is in use" + (f" by {who}" if who else ""),
-        f"stop it, or set {setting} to a port with free ports after it{where}"
-        if replica > 1
-        else f"stop it, or set {setting} to a free port",
+        "conflict", f"port {host_ip}:{host_port} for service {copy} is in use{held}", hint
     )
