@@ -5,7 +5,9 @@ connection (ten per worker), which is what made `status` right after `up` flap."
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,6 +23,20 @@ def _drop_app_connections(auth_db: AuthDb) -> int:
             " WHERE usename = 'atendeai_app' AND datname = current_database()"
         ).fetchall()
     return len(rows)
+
+
+@contextlib.contextmanager
+def _logins_refused(auth_db: AuthDb) -> Iterator[None]:
+    """The app role may not log in (its open connections are dropped) until the block ends:
+    to the service, PostgreSQL is away, and nothing else on the cluster notices."""
+    with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
+        conn.execute("ALTER ROLE atendeai_app NOLOGIN")
+    try:
+        _drop_app_connections(auth_db)
+        yield
+    finally:
+        with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
+            conn.execute("ALTER ROLE atendeai_app LOGIN")
 
 
 def test_readiness_is_true_on_the_first_probe_after_every_connection_dropped(
@@ -58,16 +74,10 @@ def test_a_worker_marked_down_is_ready_on_the_first_probe_once_the_server_is_bac
     with live_server(auth_db, redis_url, keys_dir) as server, server.client() as http:
         assert http.get("/health/ready").status_code == 200
         server.service.db_health.interval = 30.0
-        with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
-            conn.execute("ALTER ROLE atendeai_app NOLOGIN")
-        try:
-            _drop_app_connections(auth_db)
+        with _logins_refused(auth_db):
             assert http.get("/health/ready").status_code == 503
             assert server.service.db_health.down
             time.sleep(outage)
-        finally:
-            with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
-                conn.execute("ALTER ROLE atendeai_app LOGIN")
         assert http.get("/health/ready").status_code == 200
         assert not server.service.db_health.down
         assert http.get("/health/ready").status_code == 200
@@ -85,15 +95,9 @@ def test_pools_whose_refill_failed_are_replaced_even_after_a_short_outage(
         service = server.service
         service.db_health.interval = 30.0
         old = (service.pool, service.apool)
-        with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
-            conn.execute("ALTER ROLE atendeai_app NOLOGIN")
-        try:
-            _drop_app_connections(auth_db)
+        with _logins_refused(auth_db):
             assert http.get("/health/ready").status_code == 503  # its refill is refused
             assert service._pool_connect_errors() > 0
-        finally:
-            with psycopg.connect(auth_db.admin_url, autocommit=True) as conn:
-                conn.execute("ALTER ROLE atendeai_app LOGIN")
         assert http.get("/health/ready").status_code == 200
         assert service.pool is not old[0] and service.apool is not old[1]
         assert service._pool_connect_errors() == 0

@@ -77,16 +77,28 @@ def test_a_non_ascii_password_is_declined_not_guessed(pg: PostgresServer) -> Non
         _query(pg, "SELECT 1", password="pässword")
 
 
-def test_database_revision_takes_the_wire_and_imports_no_psycopg(database_url: str) -> None:
-    migrations.upgrade(database_url, "0001")
+def _revision_in_a_fresh_interpreter(url: str) -> tuple[str | None, bool]:
+    """database_revision(url) in a new Python: its answer (the error's code when it raises
+    AtendeaiError), and whether psycopg got imported on the way."""
     code = (
         "import json, sys\n"
         "from atendeai_ctl.db.migrations import database_revision\n"
-        f"print(json.dumps([database_revision({database_url!r}), 'psycopg' in sys.modules]))"
+        "from atendeai_ctl.errors import AtendeaiError\n"
+        "try:\n"
+        f"    answer = database_revision({url!r})\n"
+        "except AtendeaiError as exc:\n"
+        "    answer = exc.code\n"
+        "print(json.dumps([answer, 'psycopg' in sys.modules]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == ["0001", False]
+    answer, imported = json.loads(done.stdout)
+    return answer, imported
+
+
+def test_database_revision_takes_the_wire_and_imports_no_psycopg(database_url: str) -> None:
+    migrations.upgrade(database_url, "0001")
+    assert _revision_in_a_fresh_interpreter(database_url) == ("0001", False)
 
 
 def test_what_the_wire_declines_psycopg_answers(database_url: str) -> None:
@@ -196,23 +208,10 @@ def test_a_refusal_other_than_the_password_goes_to_psycopg(database_url: str) ->
         conn.execute(f"CREATE ROLE {role} NOLOGIN PASSWORD 'pw-123456789'")
     parts = urlsplit(database_url)
     url = urlunsplit(parts._replace(netloc=f"{role}:pw-123456789@{parts.hostname}:{parts.port}"))
-    code = (
-        "import json, sys\n"
-        "from atendeai_ctl.db.migrations import database_revision\n"
-        "from atendeai_ctl.errors import AtendeaiError\n"
-        "try:\n"
-        f"    database_revision({url!r})\n"
-        "except AtendeaiError as exc:\n"
-        "    print(json.dumps([exc.code, 'psycopg' in sys.modules]))\n"
-    )
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-        )
+        code, asked_psycopg = _revision_in_a_fresh_interpreter(url)
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
-    assert done.returncode == 0, done.stderr
-    code_, asked_psycopg = json.loads(done.stdout)
     assert asked_psycopg  # the wire client declined: psycopg said what it is
-    assert code_ == "unavailable"  # as before the wire client (libpq gives no SQLSTATE)
+    assert code == "unavailable"  # as before the wire client (libpq gives no SQLSTATE)
