@@ -137,22 +137,6 @@ def _with_descendants(roots: dict[int, str]) -> dict[int, str]:
     return owned
 
 
-def consecutive_free_ports(count: int) -> int:
-    """A base port with `count` free ports from it: replica k publishes base + k - 1."""
-    import socket
-
-    for _ in range(50):
-        base = free_port()
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no run of free ports")
-
-
 def project_copy(source: Path, dest: Path) -> None:
     """The project without the per-address request limit of the auth service."""
     for sub in ("compose", "migrations", "configs"):
@@ -180,7 +164,7 @@ class Stack:
             "ATENDEAI_RUNTIME": runtime,
             "ATENDEAI_POSTGRES_PORT": str(free_port()),
             "ATENDEAI_REDIS_PORT": str(free_port()),
-            "ATENDEAI_AUTH_PORT": str(consecutive_free_ports(2)),
+            "ATENDEAI_AUTH_PORT": str(free_port(2)),  # replica k publishes port + k - 1
             "ATENDEAI_GATEWAY_PORT": str(free_port()),
             "ATENDEAI_GATEWAY_METRICS_PORT": str(free_port()),
             "ATENDEAI_GATEWAY_ADMIN_PORT": str(free_port()),
