@@ -134,26 +134,18 @@ class StatusReport:
         }
 
 
-EarlyStart = Literal["jobs", "all"]
+def starts_early(service: Service) -> bool:
+    """`x-atendeai.start_early: all`, for a service whose own start is slow and that copes
+    without what it depends on: started at once, before any dependency holds, so its start
+    overlaps theirs instead of following it (the migrate job: its command waits for the
+    database itself, `migrate up --wait-db`; auth: it answers 503 until Redis and the database
+    answer, and readiness asks them again on each probe, auth/deps.py).
 
-
-def starts_early(service: Service) -> EarlyStart | None:
-    """`x-atendeai.start_early`, for a service whose own start is slow and that copes without
-    what it depends on, so its start overlaps theirs instead of following it:
-
-    - `jobs`: started once its other conditions hold, before the one-shot jobs it depends on
-      have completed;
-    - `all`: started at once, before any dependency holds (the migrate job: its command
-      waits for the database itself, `migrate up --wait-db`; auth: it answers 503 until
-      Redis and the database answer, and readiness asks them again on each probe,
-      auth/deps.py).
-
-    Either way it is judged ready (a job: complete) only once all its conditions hold. Only
-    when every copy is created afresh: a service being replaced waits as before, so new code
-    never serves beside an old schema while the old copy still could."""
+    It is judged ready (a job: complete) only once all its conditions hold. Only when every
+    copy is created afresh: a service being replaced waits as before, so new code never serves
+    beside an old schema while the old copy still could."""
     block = service.extensions.get("x-atendeai") or {}
-    value = block.get("start_early") if isinstance(block, dict) else None
-    return value if value in ("jobs", "all") else None
+    return isinstance(block, dict) and block.get("start_early") == "all"
 
 
 def one_shot_services(spec: StackSpec) -> frozenset[str]:
@@ -219,12 +211,9 @@ class _Up:
             self.abort.set()
         self.emit(service.name, "failed", reason)
 
-    def wait_for_dependencies(self, service: Service, *, jobs: bool | None = None) -> bool:
-        """Until every `depends_on` condition holds (False: `up` is aborting). `jobs`: only
-        the conditions on one-shot jobs (True) or only the others (False)."""
+    def wait_for_dependencies(self, service: Service) -> bool:
+        """Until every `depends_on` condition holds (False: `up` is aborting)."""
         for dep, condition in service.depends_on:
-            if jobs is not None and (condition == "service_completed_successfully") != jobs:
-                continue
             event = self.started[dep] if condition == "service_started" else self.ready[dep]
             if not event.is_set():
                 self.emit(
@@ -247,10 +236,8 @@ class _Up:
             result.action = next((a for a in actions if a != "unchanged"), "unchanged")
             # A fresh service that copes without (some of) its dependencies starts beside
             # them and is judged ready only once they hold (starts_early).
-            early = starts_early(service) if set(actions) == {"created"} else None
-            if early != "all" and not self.wait_for_dependencies(
-                service, jobs=False if early == "jobs" else None
-            ):
+            early = starts_early(service) and set(actions) == {"created"}
+            if not early and not self.wait_for_dependencies(service):
                 return
             if name in self.one_shot:
                 return self.run_job(service, self.runtime.inspect(service), early)
@@ -266,9 +253,7 @@ class _Up:
                 # Already running, and the engine's own healthcheck passed: a probe would only
                 # say it again (the auth probe starts a Python process in the container).
             self.started[name].set()
-            if early and not self.wait_for_dependencies(
-                service, jobs=True if early == "jobs" else None
-            ):
+            if early and not self.wait_for_dependencies(service):
                 return
             if not pending:
                 self.done(service, "healthy")
@@ -296,9 +281,7 @@ class _Up:
             retire(self.spec, self.runtime, copy)
         self.emit(service.name, self.results[service.name].result)  # type: ignore[arg-type]
 
-    def run_job(
-        self, service: Service, status: ServiceStatus, early: EarlyStart | None = None
-    ) -> None:
+    def run_job(self, service: Service, status: ServiceStatus, early: bool = False) -> None:
         """A one-shot job runs again on every `up`, unless its work is already done: then an
         unchanged container that last exited 0 is left alone, and a new one (after `down`)
         runs without holding up the services that wait for it."""
@@ -309,7 +292,7 @@ class _Up:
             self.emit(name, "starting")
             self.runtime.start(service)
             self.started[name].set()
-            if not self.wait_for_dependencies(service, jobs=True if early == "jobs" else None):
+            if not self.wait_for_dependencies(service):
                 return
             if self.job_is_current is not None and self.job_is_current(service):
                 self.ready[name].set()  # dependents go on; `up` still waits for the job
