@@ -1,21 +1,41 @@
 """The gateway's cost: `GET /auth/verify` through HAProxy against one auth replica direct.
 
     python bench/edge.py [--runtime docker|local] [--duration 8] [--rounds 3] [--connections 50]
-                         [--tokens N]
+                         [--tokens N] [--views shared,split]
 
 Brings up one throwaway project with `atendeai up --profile edge` (Docker with the stand-in
 images by default, or the local runtime's system haproxy and processes), seeds a clinic and a
-user, logs in once, and drives three configurations with wrk (bench/wrk/auth.lua, MODE=verify,
+user, logs in once, and drives four configurations with wrk (bench/wrk/auth.lua, MODE=verify,
 one token) in the same run:
 
   direct   auth replica 1 on its published port, 1 replica running
   gw1      the gateway, 1 replica behind it
+  bare     the peer: the same HAProxy (binary, or the gateway's image on Docker, published the
+           same way) with a bare config (BARE_CFG: one frontend, one server, no rules, no log,
+           no checks) in front of replica 1, started for its run only. It is the floor: what
+           the extra hop costs on this machine with any HAProxy config, so `gw1/bare` is what
+           the gateway's own work (routing, limit, ids, CORS, gzip filter, access log) costs
   gw2      the gateway, 2 replicas behind it (`up --scale auth=2`)
 
 Between phases the project is scaled with `up --scale auth=N` and the bench waits until the
 gateway's exporter counts N servers up (health-checked) and every replica answers. A warm-up
 run of each configuration is discarded; then `--rounds` rounds alternate the order (direct,
-gw1, gw2; then gw2, gw1, direct; ...). The gateway's outer limit is set far above the load.
+gw1, bare, gw2; then gw2, bare, gw1, direct; ...). The gateway's outer limit is set far above
+the load.
+
+Two views of the cores (`--views`, both by default, one after the other):
+
+  shared   every process may run on every core: wrk, the gateway and the replica compete, so
+           throughput measures the CPU a request costs in all (the gateway's hop included)
+  split    the auth replicas on the last core, everything else (wrk, the gateway, the peer,
+           docker-proxy, the shims, the engine) on the others: how much of one replica's
+           throughput survives the gateway when the gateway does not eat the replica's CPU,
+           as on a host where they have cores of their own. On two cores the "others" are one
+           core that wrk shares with all of that, so the split view can be limited by that
+           core instead (its CPU figures show it)
+
+Affinity is set per thread before every run (scaling starts new processes) and put back to
+every core at the end, the engine's included.
 
 The auth service limits requests per client address, and all load comes from 127.0.0.1:
 the bench runs a copy of the project (compose/, configs/, migrations/) whose auth service gets
@@ -90,8 +110,27 @@ from auth import POOL_SIZE, WRK_THREADS, Result, errors_of, wrk  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
 
-CONFIGS = ["direct", "gw1", "gw2"]
-REPLICAS = {"direct": 1, "gw1": 1, "gw2": 2}
+CONFIGS = ["direct", "gw1", "bare", "gw2"]
+REPLICAS = {"direct": 1, "gw1": 1, "bare": 1, "gw2": 2}
+VIEWS = {
+    "shared": "every process on every core",
+    "split": "auth replicas on their own core, everything else on the others",
+}
+# The peer: the same HAProxy with nothing but a proxy in it (no rules, no log, no checks),
+# in front of replica 1. What any HAProxy gateway costs on this machine, whatever its config.
+BARE_CFG = """global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend bare
+    bind {bind}
+    default_backend auth
+backend auth
+    server auth1 {server}
+"""
 EMAIL, PASSWORD = "bench@alpha.test", "correct horse battery staple 42"
 NO_ENGINE = "unix:///nonexistent.sock"
 
@@ -178,6 +217,7 @@ class Stack:
             self.env["ATENDEAI_AUTH_IMAGE"] = f"atendeai-auth:bench-edge-{self.name}"
         else:
             self.env["DOCKER_HOST"] = NO_ENGINE
+        self.bare_pids: list[int] = []
 
     def run(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
@@ -237,7 +277,7 @@ class Stack:
     def serving_processes(self) -> dict[int, str]:
         """pid -> component for everything that serves a request: see the module docstring."""
         if self.runtime == "local":
-            roots = {}
+            roots = {pid: "gateway" for pid in self.bare_pids}
             for record in Path(self.env["ATENDEAI_STATE_DIR"]).glob("**/local/run/*.json"):
                 service = record.stem.split("-")[0]
                 if service in ("auth", "gateway"):
@@ -250,6 +290,7 @@ class Stack:
         roots, ids, ports = {}, {}, set()
         for container in client.containers.list(filters=label):
             service = container.labels.get("com.docker.compose.service", "")
+            service = "gateway" if service == "bare" else service
             if service not in ("auth", "gateway"):
                 continue
             roots[int(container.attrs["State"]["Pid"])] = service
@@ -272,6 +313,43 @@ class Stack:
             owned[int(Path("/var/run/docker.pid").read_text())] = "engine*"
         return owned
 
+    @contextmanager
+    def bare(self) -> Iterator[str]:
+        """The peer (BARE_CFG) for one run: its URL, on 127.0.0.1 like the others (on Docker
+        a container of the gateway's image on the project's network, published by the
+        engine, so docker-proxy is on its path too)."""
+        port = free_port()
+        cfg = Path(self.env["ATENDEAI_STATE_DIR"]) / "bare.cfg"
+        if self.runtime == "local":
+            cfg.write_text(BARE_CFG.format(bind=f"127.0.0.1:{port}", server=self.direct[7:]))
+            proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-f", str(cfg)])
+            self.bare_pids = [proc.pid]
+            try:
+                _wait_listening(f"http://127.0.0.1:{port}")
+                yield f"http://127.0.0.1:{port}"
+            finally:
+                self.bare_pids = []
+                proc.terminate()
+                proc.wait(10)
+            return
+        import docker
+
+        cfg.write_text(BARE_CFG.format(bind=":8080", server=f"{self.name}-auth-1:3001"))
+        container = docker.from_env().containers.run(
+            self.env.get("ATENDEAI_HAPROXY_IMAGE", "haproxy:2.8"),
+            detach=True,
+            name=f"{self.name}-bare",
+            network=f"{self.name}-network",
+            ports={"8080/tcp": ("127.0.0.1", port)},
+            volumes={str(cfg): {"bind": "/usr/local/etc/haproxy/haproxy.cfg", "mode": "ro"}},
+            labels={"com.docker.compose.project": self.name, "com.docker.compose.service": "bare"},
+        )
+        try:
+            _wait_listening(f"http://127.0.0.1:{port}")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            container.remove(force=True)
+
     def down(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
         subprocess.run(
@@ -287,6 +365,16 @@ class Stack:
             remove_project(self.name)
             subprocess.run(["docker", "image", "rm", "-f", self.env["ATENDEAI_AUTH_IMAGE"]],
                            capture_output=True, check=False)  # fmt: skip
+
+
+def _wait_listening(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url + "/health/live", timeout=1)
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start listening")
 
 
 def _verifies(url: str, token: str) -> bool:
@@ -373,13 +461,37 @@ def cpu_of(processes: dict[int, str]) -> Cpu:
     return used
 
 
+def pin(processes: dict[int, str], view: str) -> None:
+    """Sets where every serving process (and wrk, a child of this one) may run: anywhere in
+    the shared view; in the split view the auth replicas on the last core and the rest (the
+    gateway, the peer, docker-proxy, shims, the engine, wrk) on the others. Set again before
+    every run: scaling starts new replicas."""
+    cores = sorted(ALL_CORES)
+    everywhere, replicas, others = set(ALL_CORES), {cores[-1]}, set(cores[:-1])
+    for pid, component in processes.items():
+        where = everywhere if view == "shared" else replicas if component == "auth" else others
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(task.name), where)
+    os.sched_setaffinity(0, everywhere if view == "shared" else others)
+
+
+ALL_CORES = frozenset(os.sched_getaffinity(0))
+
+
 def measure(
-    project: Stack, config: str, token: str, args: argparse.Namespace, pool: Pool | None = None
+    project: Stack,
+    config: str,
+    url: str,
+    token: str,
+    args: argparse.Namespace,
+    view: str,
+    pool: Pool | None = None,
 ) -> Result:
     """One wrk run (one token, or the pool's next stretch); the result gains `cpu_us`: CPU
     microseconds per 2xx response, by component (`total` leaves out the shared engine)."""
-    url = project.direct if config == "direct" else project.gateway
     processes = project.serving_processes()
+    pin(processes, view)
     env = pool.env() if pool is not None else {"MODE": "verify", "TOKEN": token}
     before, children = cpu_of(processes), os.times()
     result = wrk(url, env, connections=args.connections, duration=args.duration, timeout="5s")
@@ -434,14 +546,22 @@ def main() -> None:
         "--tokens", type=int, default=0, metavar="N",
         help="also run every configuration over a pool of N distinct tokens (cache misses)",
     )  # fmt: skip
+    parser.add_argument(
+        "--views", default="shared,split", help="which core views to run: shared, split or both"
+    )
     args = parser.parse_args()
+    views = [v for v in args.views.split(",") if v]
     if shutil.which("wrk") is None:
         sys.exit("bench/edge.py needs wrk (apt-get install wrk)")
+    if not views or set(views) - set(VIEWS):
+        sys.exit(f"--views takes {', '.join(VIEWS)} (comma-separated)")
+    if "split" in views and len(ALL_CORES) < 2:
+        sys.exit("the split view needs at least two cores")
     threads = min(WRK_THREADS, args.connections)
     if args.tokens and args.tokens < threads:
         sys.exit(f"--tokens needs at least {threads} tokens (one slice per wrk thread)")
-    runs: dict[str, list[Result]] = {c: [] for c in CONFIGS}
-    misses: dict[str, list[Result]] = {c: [] for c in CONFIGS}
+    runs = {view: {c: [] for c in CONFIGS} for view in views}
+    misses = {view: {c: [] for c in CONFIGS} for view in views}
     with stack(args.runtime) as (project, token):
         pool = None
         if args.tokens:
@@ -453,30 +573,41 @@ def main() -> None:
             if args.tokens < POOL_SIZE:
                 print(f"warning: --tokens below {POOL_SIZE}: once `fresh` drops below 100%, "
                       "some requests may be answered from the verifier's cache")  # fmt: skip
-        views = "one token" + (f", then {args.tokens} distinct tokens (miss)" if pool else "")
-        print(f"runtime {args.runtime}, {args.connections} connections, {args.duration:.0f} s "
-              f"per run, verify with {views}; load {load()}", flush=True)  # fmt: skip
+        tokens_view = "one token" + (f", then {args.tokens} distinct tokens (miss)" if pool else "")
+        print(f"runtime {args.runtime}, {len(ALL_CORES)} cores, {args.connections} connections,"
+              f" {args.duration:.0f} s per run, verify with {tokens_view}; load {load()}",
+              flush=True)  # fmt: skip
         replicas = 1
-        for round_index in range(args.rounds + 1):
-            label = "warm-up (discarded)" if round_index == 0 else f"round {round_index}"
-            print(f"{label}: {' '.join(order(round_index))}", flush=True)
-            for config in order(round_index):
-                if REPLICAS[config] != replicas:
-                    replicas = REPLICAS[config]
-                    project.scale(replicas, token)
-                result = measure(project, config, token, args)
-                print(f"  {describe(config, result)}  load {load()}", flush=True)
-                if round_index:
-                    runs[config].append(result)
-                if pool is not None:
-                    result = measure(project, config, token, args, pool)
-                    print(f"  {describe(config + ' miss', result)}  load {load()}", flush=True)
-                    if round_index:
-                        misses[config].append(result)
-    report(runs, "medians (one token):")
-    if pool is not None:
-        # The second view: figures only, the issue's target is the one-token figure.
-        report(misses, f"medians ({args.tokens} distinct tokens, cache misses):", target=False)
+        try:
+            for view in views:
+                print(f"view {view}: {VIEWS[view]}", flush=True)
+                for round_index in range(args.rounds + 1):
+                    label = "warm-up (discarded)" if round_index == 0 else f"round {round_index}"
+                    print(f"{label}: {' '.join(order(round_index))}", flush=True)
+                    for config in order(round_index):
+                        if REPLICAS[config] != replicas:
+                            replicas = REPLICAS[config]
+                            project.scale(replicas, token)
+                        with contextlib.ExitStack() as peer:
+                            url = project.direct if config == "direct" else project.gateway
+                            if config == "bare":
+                                url = peer.enter_context(project.bare())
+                            for tokens in (None, pool) if pool is not None else (None,):
+                                result = measure(project, config, url, token, args, view, tokens)
+                                name = config + (" miss" if tokens is not None else "")
+                                print(f"  {describe(name, result)}  load {load()}", flush=True)
+                                if round_index:
+                                    (runs if tokens is None else misses)[view][config].append(
+                                        result
+                                    )
+        finally:
+            pin(project.serving_processes(), "shared")
+    for view in views:
+        report(runs[view], f"medians, {view} cores (one token):")
+        if pool is not None:
+            # The second view: figures only, the issue's target is the one-token figure.
+            report(misses[view], f"medians, {view} cores ({args.tokens} distinct tokens, "
+                   "cache misses):", target=False)  # fmt: skip
 
 
 def report(runs: dict[str, list[Result]], title: str, target: bool = True) -> None:
@@ -497,7 +628,7 @@ def report(runs: dict[str, list[Result]], title: str, target: bool = True) -> No
         print(f"  {config:7} {m['rps']:9.1f} req/s  p99 {m['p99']:7.2f} ms  errors {errors}"
               f"  cpu {m['cpu_us']['total']:.0f} us/req")  # fmt: skip
     direct = medians["direct"]
-    for config in ("gw1", "gw2"):
+    for config in ("gw1", "bare", "gw2"):
         m = medians[config]
         if m["errors"] or direct["errors"]:
             print(f"  {config}/direct: no ratio (errors in a measured run)")
@@ -507,8 +638,15 @@ def report(runs: dict[str, list[Result]], title: str, target: bool = True) -> No
         verdict = ""
         if config == "gw1" and target:
             verdict = "  target >= 0.80: " + ("met" if rps >= 0.8 else "NOT met")
+        elif config == "bare":
+            verdict = "  (the peer: a bare HAProxy, no rules, no log)"
         print(f"  {config}/direct: throughput {rps:.2f}x, p99 {p99:.2f}x, "
               f"cpu ratio {cpu:.2f}x{verdict}")  # fmt: skip
+    gateway, bare = medians["gw1"], medians["bare"]
+    if not gateway["errors"] and not bare["errors"]:
+        print(f"  gw1/bare: throughput {gateway['rps'] / bare['rps']:.2f}x, cpu ratio "
+              f"{bare['cpu_us']['total'] / gateway['cpu_us']['total']:.2f}x"
+              "  (what the gateway's own work costs beyond the hop)")  # fmt: skip
     print(json.dumps({"view": title, "medians": medians, "load": load()}))
 
 
