@@ -85,10 +85,9 @@ def assert_refused(done: subprocess.CompletedProcess[str], exit_code: int, fragm
 SEED_PASSWORD = "a long enough secret"
 
 
-def seeded_cli(admin_url: str, redis_url: str, keys_dir: Path, state_dir: Path) -> Cli:
-    """A CLI on a database with clinic 'alpha' and user ana@alpha.test (SEED_PASSWORD)."""
-    made = make_cli(admin_url, redis_url, keys_dir, state_dir)
-    made.ok("clinic", "create", "Alpha", "--slug", "alpha")
-    made.ok("user", "create", "ana@alpha.test", "--clinic", "alpha", "--password-stdin",
-            stdin=SEED_PASSWORD + "\n")  # fmt: skip
-    return made
+def seed_through_cli(cli: Cli) -> None:
+    """Clinic 'alpha' and user ana@alpha.test (SEED_PASSWORD): auth_helpers.seeded_template
+    runs this once; tests get copies (the `seeded_db` fixture)."""
+    cli.ok("clinic", "create", "Alpha", "--slug", "alpha")
+    cli.ok("user", "create", "ana@alpha.test", "--clinic", "alpha", "--password-stdin",
+           stdin=SEED_PASSWORD + "\n")  # fmt: skip

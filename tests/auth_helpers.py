@@ -68,18 +68,49 @@ class AuthDb:
     app_url: str
 
 
-@pytest.fixture
-def auth_db(pg: PostgresServer, database_url: str, migrated_template: str) -> AuthDb:
-    """A fresh database at the migrations' head (a copy of conftest's `migrated_template`);
-    `upgrade` then finds it at head and sets the app role's password, as on a real stack."""
+def copy_of(pg: PostgresServer, database_url: str, template: str) -> AuthDb:
+    """`database_url`'s database replaced by a copy of `template` (a database at the
+    migrations' head); `upgrade` then finds it at head and sets the app role's password, as
+    on a real stack."""
     from atendeai_ctl.db.migrations import upgrade
 
     name = database_url.rsplit("/", 1)[1]
     with psycopg.connect(pg.url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     upgrade(database_url, app_password=APP_PASSWORD)
     return AuthDb(database_url, pg.url(name, user="atendeai_app", password=APP_PASSWORD))
+
+
+@pytest.fixture
+def auth_db(pg: PostgresServer, database_url: str, migrated_template: str) -> AuthDb:
+    """A fresh database at the migrations' head (a copy of conftest's `migrated_template`)."""
+    return copy_of(pg, database_url, migrated_template)
+
+
+@pytest.fixture(scope="session")
+def seeded_template(
+    pg: PostgresServer, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """`migrated_template` plus what admin_helpers.seed_through_cli writes (clinic 'alpha',
+    ana@alpha.test), seeded once through the real CLI: a copy takes about 0.1 s where the two
+    CLI runs take a second, and some 80 admin tests start from it. Seeding touches no Redis."""
+    from tests.admin_helpers import make_cli, seed_through_cli
+
+    name = pg.create_database()
+    url = pg.url(name)
+    copy_of(pg, url, migrated_template)
+    base = tmp_path_factory.mktemp("seed")
+    ensure_signing_key(base / "jwt")
+    unreachable = "redis://127.0.0.1:1/0"  # proves the seeding needs no Redis
+    seed_through_cli(make_cli(url, unreachable, base / "jwt", base / "state"))
+    return name
+
+
+@pytest.fixture
+def seeded_db(pg: PostgresServer, database_url: str, seeded_template: str) -> AuthDb:
+    """A fresh copy of `seeded_template`."""
+    return copy_of(pg, database_url, seeded_template)
 
 
 @pytest.fixture

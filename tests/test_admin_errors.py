@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.admin_helpers import SEED_PASSWORD, Cli, assert_refused, seeded_cli
+from tests.admin_helpers import SEED_PASSWORD, Cli, assert_refused, make_cli
 from tests.auth_helpers import AuthDb, dead_redis_url
 from tests.servers import PostgresServer, free_port
 
@@ -20,8 +20,9 @@ CONFLICT, NOT_FOUND, INVALID, REFUSED, UNAVAILABLE = 5, 4, 6, 7, 1
 
 
 @pytest.fixture
-def cli(auth_db: AuthDb, redis_url: str, keys_dir: Path, state_dir: Path) -> Cli:
-    return seeded_cli(auth_db.admin_url, redis_url, keys_dir, state_dir)
+def cli(seeded_db: AuthDb, redis_url: str, keys_dir: Path, state_dir: Path) -> Cli:
+    """The CLI on a copy of a database with clinic 'alpha' and ana@alpha.test."""
+    return make_cli(seeded_db.admin_url, redis_url, keys_dir, state_dir)
 
 
 CASES: list[tuple[list[str], str | None, int, str]] = [
@@ -156,7 +157,7 @@ def test_redis_down_changes_nothing(cli: Cli, keys_dir: Path) -> None:
 
 
 def test_a_redis_failure_after_the_database_work_rolls_it_back(
-    cli: Cli, auth_db: AuthDb, redis_url: str
+    cli: Cli, seeded_db: AuthDb, redis_url: str
 ) -> None:
     """Redis answers the opening ping but refuses writes: the revocation must not commit."""
     client = redis.Redis.from_url(redis_url)
@@ -170,7 +171,7 @@ def test_a_redis_failure_after_the_database_work_rolls_it_back(
         client.config_set("min-replicas-to-write", 0)
         client.close()
     assert cli.counts() == before
-    with psycopg.connect(auth_db.admin_url) as conn:
+    with psycopg.connect(seeded_db.admin_url) as conn:
         live = conn.execute(
             "SELECT count(*) FROM atendeai.sessions WHERE revoked_at IS NULL"
         ).fetchone()
@@ -200,9 +201,9 @@ def test_if_not_exists_exits_0_with_the_existing_record(cli: Cli) -> None:
 
 
 def test_wrong_credentials_are_exit_8_without_the_password(
-    cli: Cli, auth_db: AuthDb, redis_url: str
+    cli: Cli, seeded_db: AuthDb, redis_url: str
 ) -> None:
-    wrong_db = auth_db.admin_url.replace("postgres:", "postgres:not-the-pw-", 1)
+    wrong_db = seeded_db.admin_url.replace("postgres:", "postgres:not-the-pw-", 1)
     done = cli.run("clinic", "list", "--database-url", wrong_db)
     assert_refused(done, 8, "PostgreSQL rejected the credentials")
     assert "not-the-pw" not in done.stderr

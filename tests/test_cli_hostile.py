@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.admin_helpers import SEED_PASSWORD, Cli, seeded_cli
+from tests.admin_helpers import SEED_PASSWORD, Cli, make_cli
 from tests.auth_helpers import AuthDb
 
 PASSWORD = SEED_PASSWORD
@@ -70,8 +70,9 @@ def snapshot(cli: Cli) -> tuple[object, ...]:
 
 
 @pytest.fixture
-def cli(auth_db: AuthDb, redis_url: str, keys_dir: Path, state_dir: Path) -> Cli:
-    return seeded_cli(auth_db.admin_url, redis_url, keys_dir, state_dir)
+def cli(seeded_db: AuthDb, redis_url: str, keys_dir: Path, state_dir: Path) -> Cli:
+    """The CLI on a copy of a database with clinic 'alpha' and ana@alpha.test."""
+    return make_cli(seeded_db.admin_url, redis_url, keys_dir, state_dir)
 
 
 def test_user_create_with_invalid_utf8_on_stdin_is_exit_6(cli: Cli) -> None:
