@@ -547,7 +547,7 @@ def main() -> None:
         help="also run every configuration over a pool of N distinct tokens (cache misses)",
     )  # fmt: skip
     parser.add_argument(
-        "--views", default="shared,split", help="which core views to run: shared, split or both"
+        "--views", default="shared,split", help="core views to run, comma-separated: shared, split"
     )
     args = parser.parse_args()
     views = [v for v in args.views.split(",") if v]
