@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -93,7 +94,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,7 +107,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from auth import POOL_SIZE, WRK_THREADS, Result, errors_of, wrk  # noqa: E402
+from auth import POOL_SIZE, WRK_THREADS, Result, errors_of, wait_ready, wrk  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
 
@@ -320,35 +321,40 @@ class Stack:
         engine, so docker-proxy is on its path too)."""
         port = free_port()
         cfg = Path(self.env["ATENDEAI_STATE_DIR"]) / "bare.cfg"
+        stop: Callable[[], object]
         if self.runtime == "local":
-            cfg.write_text(BARE_CFG.format(bind=f"127.0.0.1:{port}", server=self.direct[7:]))
+            server = self.direct.removeprefix("http://")
+            cfg.write_text(BARE_CFG.format(bind=f"127.0.0.1:{port}", server=server))
             proc = subprocess.Popen([shutil.which("haproxy") or "haproxy", "-f", str(cfg)])
             self.bare_pids = [proc.pid]
-            try:
-                _wait_listening(f"http://127.0.0.1:{port}")
-                yield f"http://127.0.0.1:{port}"
-            finally:
+
+            def stop() -> None:
                 self.bare_pids = []
                 proc.terminate()
                 proc.wait(10)
-            return
-        import docker
+        else:
+            import docker
 
-        cfg.write_text(BARE_CFG.format(bind=":8080", server=f"{self.name}-auth-1:3001"))
-        container = docker.from_env().containers.run(
-            self.env.get("ATENDEAI_HAPROXY_IMAGE", "haproxy:2.8"),
-            detach=True,
-            name=f"{self.name}-bare",
-            network=f"{self.name}-network",
-            ports={"8080/tcp": ("127.0.0.1", port)},
-            volumes={str(cfg): {"bind": "/usr/local/etc/haproxy/haproxy.cfg", "mode": "ro"}},
-            labels={"com.docker.compose.project": self.name, "com.docker.compose.service": "bare"},
-        )
+            cfg.write_text(BARE_CFG.format(bind=":8080", server=f"{self.name}-auth-1:3001"))
+            container = docker.from_env().containers.run(
+                self.env.get("ATENDEAI_HAPROXY_IMAGE", "haproxy:2.8"),
+                detach=True,
+                name=f"{self.name}-bare",
+                network=f"{self.name}-network",
+                ports={"8080/tcp": ("127.0.0.1", port)},
+                volumes={str(cfg): {"bind": "/usr/local/etc/haproxy/haproxy.cfg", "mode": "ro"}},
+                labels={
+                    "com.docker.compose.project": self.name,
+                    "com.docker.compose.service": "bare",
+                },
+            )
+            stop = functools.partial(container.remove, force=True)
+        url = f"http://127.0.0.1:{port}"
         try:
-            _wait_listening(f"http://127.0.0.1:{port}")
-            yield f"http://127.0.0.1:{port}"
+            wait_ready(url, "/health/live", 30)  # through the peer to the replica
+            yield url
         finally:
-            container.remove(force=True)
+            stop()
 
     def down(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATENDEAI_")}
@@ -365,16 +371,6 @@ class Stack:
             remove_project(self.name)
             subprocess.run(["docker", "image", "rm", "-f", self.env["ATENDEAI_AUTH_IMAGE"]],
                            capture_output=True, check=False)  # fmt: skip
-
-
-def _wait_listening(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(url + "/health/live", timeout=1)
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not start listening")
 
 
 def _verifies(url: str, token: str) -> bool:
@@ -461,6 +457,9 @@ def cpu_of(processes: dict[int, str]) -> Cpu:
     return used
 
 
+ALL_CORES = frozenset(os.sched_getaffinity(0))
+
+
 def pin(processes: dict[int, str], view: str) -> None:
     """Sets where every serving process (and wrk, a child of this one) may run: anywhere in
     the shared view; in the split view the auth replicas on the last core and the rest (the
@@ -476,12 +475,8 @@ def pin(processes: dict[int, str], view: str) -> None:
     os.sched_setaffinity(0, everywhere if view == "shared" else others)
 
 
-ALL_CORES = frozenset(os.sched_getaffinity(0))
-
-
 def measure(
     project: Stack,
-    config: str,
     url: str,
     token: str,
     args: argparse.Namespace,
@@ -593,7 +588,7 @@ def main() -> None:
                             if config == "bare":
                                 url = peer.enter_context(project.bare())
                             for tokens in (None, pool) if pool is not None else (None,):
-                                result = measure(project, config, url, token, args, view, tokens)
+                                result = measure(project, url, token, args, view, tokens)
                                 name = config + (" miss" if tokens is not None else "")
                                 print(f"  {describe(name, result)}  load {load()}", flush=True)
                                 if round_index:
