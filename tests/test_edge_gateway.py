@@ -161,12 +161,15 @@ def test_forged_forwarded_for_spray_is_limited_per_real_client(edge: Project) ->
 
 def test_outer_limit_answers_429_with_retry_after(edge: Project) -> None:
     # Every request from the host reaches the gateway from the bridge's address, so the tests
-    # above count against this one: their counters are cleared through the runtime API (as
-    # `atendeai rollout` reaches it: bash's /dev/tcp in the container) rather than waited out
-    # (HAProxy's rate weighs the previous 10 s period in: 20 s).
-    script = 'exec 3<>/dev/tcp/127.0.0.1/8406 && printf "clear table api\\n" >&3 && cat <&3'
-    subprocess.run(["docker", "exec", f"{edge.name}-gateway-1", "bash", "-c", script],
-                   check=True, capture_output=True, timeout=30)  # fmt: skip
+    # above count against this one: their counters are cleared through the runtime API, by
+    # the call `atendeai rollout` makes, rather than waited out (HAProxy's rate weighs the
+    # previous 10 s period in: 20 s).
+    from atendeai_ctl.stack.docker_runtime import DockerRuntime
+    from atendeai_ctl.stack.rollout import ADMIN_PORT
+    from atendeai_ctl.stack.spec import Service
+
+    gateway = Service(name="gateway", image="unused")  # admin() finds it by name and number
+    assert DockerRuntime(edge.name).admin(gateway, ADMIN_PORT, "clear table api") is not None
     with _gateway(edge) as http:
         codes = [http.get("/.well-known/jwks.json").status_code for _ in range(RATE_LIMIT + 20)]
         refused = http.get("/.well-known/jwks.json")
